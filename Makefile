@@ -1,0 +1,48 @@
+# Two commands on a fresh clone: `make serve` and `make test`. Both create .venv when missing.
+# The venv must come from the system Python: the Python-backend stub that the nvidia-pytriton wheel
+# ships embeds Debian's libpython3.11 (see ARCHITECTURE.md).
+PYTHON ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || command -v python3)
+VENV ?= .venv
+# The CPU build of torch; on a GPU machine pass TORCH_SPEC='torch==<your CUDA build>'.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+MODELS ?= build/models
+REPOSITORY ?= build/model_repository
+
+.PHONY: install test test-fast serve lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --upgrade pip setuptools wheel
+	$(BIN)/pip install "$(TORCH_SPEC)" "numpy<2"
+	$(BIN)/pip install -e ".[test,triton-wheel]"
+	$(BIN)/python -c "import dgate.core, dgate.export, dgate.frontend, dgate.model_repository"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -v -rA
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+$(REPOSITORY)/.exported: $(VENV)/.installed
+	$(BIN)/dgate tiny --out $(MODELS)
+	$(BIN)/dgate export --model $(MODELS)/tiny-sd --model $(MODELS)/tiny-pixart --out $(REPOSITORY)
+	touch $@
+
+serve: $(REPOSITORY)/.exported
+	$(BIN)/dgate serve --model-repository $(REPOSITORY)
+
+bench: $(REPOSITORY)/.exported
+	$(BIN)/dgate bench --model-repository $(REPOSITORY) --model $(MODELS)/tiny-sd
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf build
