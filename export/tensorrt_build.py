@@ -1,0 +1,69 @@
+"""Build refittable TensorRT engines from the exported ONNX files (GPU only).
+
+Engines are built with REFIT so LoRA weights can later be applied by refitting, never by
+rebuilding. Shape profiles come from the PipelineSpec: batch 1..max_batch_size and the pipeline's
+size limits. `tensorrt` is imported lazily so the rest of export works on machines without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dgate.core.errors import ExportError
+from dgate.core.pipeline_spec import PipelineSpec
+from dgate.core.tensors import TensorSpec
+
+logger = logging.getLogger(__name__)
+Shape = tuple[int, ...]
+
+
+def profile_shapes(spec: PipelineSpec, tensors: tuple[TensorSpec, ...], max_batch_size: int
+                   ) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """(min, opt, max) shape per input: batch 1 / 2 / max, spatial min / default / max size."""
+    limits = spec.limits
+    sizes = {
+        "min": (1, limits.min_size, limits.min_size),
+        "opt": (min(2, max_batch_size), limits.default_height, limits.default_width),
+        "max": (max_batch_size, limits.max_height, limits.max_width),
+    }
+    shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
+    for tensor in tensors:
+        per_level = []
+        for batch, height, width in sizes.values():
+            scale = 1 if tensor.name == "image" else spec.vae_scale_factor
+            spatial = iter((height // scale, width // scale))
+            per_level.append((batch, *(next(spatial) if d == -1 else d for d in tensor.dims)))
+        shapes[tensor.name] = tuple(per_level)  # type: ignore[assignment]
+    return shapes
+
+
+def build_engine(onnx_path: Path, plan_path: Path, shapes: dict[str, tuple[Shape, Shape, Shape]],
+                 fp16: bool = True, workspace_bytes: int = 8 << 30) -> Path:
+    try:
+        import tensorrt as trt
+    except ImportError as error:  # pragma: no cover - needs the tensorrt wheel and a GPU
+        raise ExportError("--backend tensorrt needs the `tensorrt` package and an NVIDIA GPU") from error
+
+    trt_logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, trt_logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    config.set_flag(trt.BuilderFlag.REFIT)  # LoRA is applied by refit (see the LoRA issue)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for name, (minimum, optimum, maximum) in shapes.items():
+        profile.set_shape(name, minimum, optimum, maximum)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f"TensorRT failed to build an engine from {onnx_path}")
+    plan_path.write_bytes(bytes(serialized))
+    logger.info("built TensorRT engine %s", plan_path)
+    return plan_path

@@ -1,0 +1,191 @@
+"""What the frontend needs from an inference backend (`ImageEngine`) and the Triton implementation.
+
+One OpenAI request becomes ONE Triton request to the pipeline's ensemble carrying all `n` images
+(`num_images`), so the denoiser can batch them on the accelerator instead of the frontend fanning out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from dgate.core.limits import GenerationLimits
+from dgate.core.tensors import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUT, PIPELINE_MARKER_PARAMETER
+from dgate.frontend.schemas import GenerationParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineError(RuntimeError):
+    """The backend failed a request; the message is the backend's own and is shown to the client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ServiceUnavailable(EngineError):
+    """The backend is unreachable, not ready, or has no pipeline loaded: retrying later may work."""
+
+
+class EngineTimeout(EngineError):
+    """The backend did not answer within the request deadline."""
+
+
+class ModelNotFound(EngineError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The model '{name}' does not exist or is not a D-Gate pipeline")
+        self.name = name
+
+
+class ImageEngine(Protocol):
+    async def list_pipelines(self) -> list[str]:
+        """Names of the loaded, ready pipelines, sorted."""
+
+    async def pipeline_limits(self, name: str) -> GenerationLimits:
+        """The pipeline's limits; ModelNotFound if `name` is not a loaded pipeline."""
+
+    async def generate(self, name: str, params: GenerationParams) -> np.ndarray:
+        """uint8 images [num_images, height, width, 3]."""
+
+    async def ready(self) -> bool:
+        """True when the backend is ready and at least one pipeline is loaded."""
+
+
+async def resolve_model(engine: ImageEngine, requested: str | None, default: str | None) -> str:
+    """The pipeline to use: the request's, else the configured default, else the first one loaded."""
+    name = requested or default
+    if name:
+        return name
+    names = await engine.list_pipelines()
+    if not names:
+        raise ServiceUnavailable("no pipeline is loaded in Triton yet")
+    return names[0]
+
+
+def check_images(images: np.ndarray, params: GenerationParams) -> np.ndarray:
+    """Refuse a batch that does not match the request rather than return wrong images."""
+    expected = (params.num_images, params.height, params.width, 3)
+    if images.dtype != np.uint8 or images.shape != expected:
+        raise EngineError(f"pipeline returned images {images.dtype}{list(images.shape)}, expected uint8{list(expected)}")
+    return images
+
+
+def _status(exc: InferenceServerException) -> str:
+    return (exc.status() or "").removeprefix("StatusCode.")
+
+
+def _map_error(exc: InferenceServerException, name: str | None = None) -> EngineError:
+    """tritonclient's exception -> the typed error the HTTP layer maps to a status code."""
+    status, message = _status(exc), exc.message() or str(exc)
+    if name is not None and (status == "NOT_FOUND" or "is not found" in message):
+        return ModelNotFound(name)
+    if status == "DEADLINE_EXCEEDED":
+        return EngineTimeout(f"Triton did not answer in time: {message}")
+    # UNAVAILABLE covers both "connection refused" and a model that is loading/unloaded
+    # ("has no available versions"); both go away by retrying later.
+    if status == "UNAVAILABLE" or "is not ready" in message or "no available versions" in message:
+        return ServiceUnavailable(f"Triton is not available: {message}")
+    return EngineError(message)
+
+
+class TritonImageEngine:
+    """`ImageEngine` over Triton's gRPC asyncio client; limits are cached per model."""
+
+    def __init__(self, url: str, *, request_timeout_s: float, metadata_timeout_s: float = 5.0) -> None:
+        self._url = url
+        self._request_timeout_s = request_timeout_s
+        self._metadata_timeout_s = metadata_timeout_s
+        self._client: grpcclient.InferenceServerClient | None = None
+        self._limits: dict[str, GenerationLimits] = {}
+
+    @property
+    def client(self) -> grpcclient.InferenceServerClient:
+        # Created lazily: a grpc.aio channel belongs to the event loop it is created in.
+        if self._client is None:
+            self._client = grpcclient.InferenceServerClient(self._url)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def _config_parameters(self, name: str) -> dict[str, str]:
+        try:
+            config = await self.client.get_model_config(name, as_json=True, client_timeout=self._metadata_timeout_s)
+        except InferenceServerException as exc:
+            raise _map_error(exc, name) from exc
+        parameters = config.get("config", {}).get("parameters", {})
+        return {key: value.get("string_value", "") for key, value in parameters.items()}
+
+    async def pipeline_limits(self, name: str) -> GenerationLimits:
+        if name in self._limits:
+            return self._limits[name]
+        parameters = await self._config_parameters(name)
+        if parameters.get(PIPELINE_MARKER_PARAMETER) != "true":
+            raise ModelNotFound(name)  # a component model (text encoder, unet...) is not servable alone
+        try:
+            limits = GenerationLimits.from_parameters(parameters)
+        except (KeyError, ValueError) as exc:
+            raise EngineError(f"pipeline '{name}' has an invalid config: {exc}") from exc
+        self._limits[name] = limits
+        return limits
+
+    async def list_pipelines(self) -> list[str]:
+        try:
+            index = await self.client.get_model_repository_index(
+                as_json=True, client_timeout=self._metadata_timeout_s
+            )
+        except InferenceServerException as exc:
+            raise _map_error(exc) from exc
+        ready = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
+        found = await asyncio.gather(*(self._is_pipeline(name) for name in ready))
+        return [name for name, is_pipeline in zip(ready, found) if is_pipeline]
+
+    async def _is_pipeline(self, name: str) -> bool:
+        try:
+            await self.pipeline_limits(name)
+        except ModelNotFound:
+            return False
+        except ServiceUnavailable:
+            raise
+        except EngineError as exc:  # one broken pipeline config must not hide the others
+            logger.warning("skipping model %s: %s", name, exc.message)
+            return False
+        return True
+
+    async def generate(self, name: str, params: GenerationParams) -> np.ndarray:
+        inputs = []
+        for spec in ENSEMBLE_INPUTS:
+            value = getattr(params, spec.name)
+            array = np.array([value.encode() if isinstance(value, str) else value], dtype=spec.numpy_dtype)
+            tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.client_dtype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        try:
+            result = await self.client.infer(
+                name, inputs, outputs=[grpcclient.InferRequestedOutput(ENSEMBLE_OUTPUT.name)],
+                client_timeout=self._request_timeout_s,
+            )
+        except InferenceServerException as exc:
+            # The model may have been reloaded with other limits (or removed): re-read them next time.
+            self._limits.pop(name, None)
+            raise _map_error(exc, name) from exc
+        images = result.as_numpy(ENSEMBLE_OUTPUT.name)
+        if images is None:
+            raise EngineError(f"pipeline '{name}' returned no '{ENSEMBLE_OUTPUT.name}' output")
+        return check_images(images, params)
+
+    async def ready(self) -> bool:
+        try:
+            if not await self.client.is_server_ready(client_timeout=self._metadata_timeout_s):
+                return False
+            return bool(await self.list_pipelines())
+        except (InferenceServerException, EngineError):
+            return False

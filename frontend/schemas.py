@@ -1,0 +1,219 @@
+"""OpenAI-shaped request/response models (pure pydantic: no FastAPI, no Triton client).
+
+Decisions a client can see:
+- Unknown request fields are rejected with 400 ("Unrecognized request argument supplied: <field>",
+  `param` = the field), like OpenAI does: a misspelt `num_inference_step` must not silently run
+  with defaults. OpenAI fields D-Gate cannot honour (GIF/SVG output, streaming, frame options) are
+  therefore rejected rather than ignored.
+- `style`, `moderation`, `complexity`, `user` and `safety_identifier` are accepted and ignored: they
+  steer OpenAI's own models/policies and have no diffusion counterpart; `safety_identifier` (else
+  `user`) is echoed back as OpenAI does.
+- `background`: `auto`/`opaque` are accepted; `transparent` is a 400, the pipelines output RGB only.
+- `output_compression` (0..100, default 100) is the JPEG/WebP quality, 100 = least compression;
+  with `png` it is a 400, as for OpenAI.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dgate.core.errors import InvalidRequestError
+from dgate.core.limits import MAX_SEED, GenerationLimits
+
+OPENAI_MAX_IMAGES = 10
+SIZE_PATTERN = re.compile(r"^([1-9][0-9]{0,5})x([1-9][0-9]{0,5})$")
+Quality = Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"]
+QualityTier = Literal["low", "medium", "high", "xhigh", "max"]
+# OpenAI's legacy and `auto` names -> the tier reported back in the response.
+QUALITY_TIERS: dict[str, QualityTier] = {
+    "auto": "medium", "standard": "medium", "hd": "high",
+    "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "max",
+}
+
+
+def steps_for_quality(tier: QualityTier, limits: GenerationLimits) -> int:
+    """Denoising steps for a quality tier, relative to the pipeline's own `default_steps` (d).
+
+    low = ceil(d/2), medium = d (also `auto`/`standard`), high = 2d (also `hd`), xhigh = 3d,
+    max = max_steps; each capped at the pipeline's max_steps. Distilled pipelines (d = 4) thus get
+    2/4/8/12 steps and a 50-step SD pipeline 25/50/100..., never more than the deployment allows.
+    """
+    d, cap = limits.default_steps, limits.max_steps
+    steps = {"low": (d + 1) // 2, "medium": d, "high": 2 * d, "xhigh": 3 * d, "max": cap}[tier]
+    return max(1, min(cap, steps))
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """The values of one ensemble request; field names are the ENSEMBLE_INPUTS tensor names."""
+
+    prompt: str
+    negative_prompt: str
+    num_images: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    height: int
+    width: int
+    scheduler: str
+
+
+class ImageGenerationRequest(BaseModel):
+    """Body of `POST /v1/images/generations`: OpenAI's fields plus D-Gate's diffusion extensions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    model: str | None = None
+    n: int | None = Field(None, ge=1, le=OPENAI_MAX_IMAGES)
+    size: str | None = None
+    response_format: Literal["b64_json", "url"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: int | None = Field(None, ge=0, le=100)
+    quality: Quality | None = None
+    background: Literal["auto", "opaque", "transparent"] | None = None
+    style: Literal["vivid", "natural"] | None = None
+    moderation: Literal["auto", "low"] | None = None
+    complexity: Literal["low", "medium", "high"] | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    stream: Literal[False] | None = None
+    # D-Gate extensions (pass them with the openai client's `extra_body`).
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    num_inference_steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0.0)
+    negative_prompt: str | None = None
+    scheduler: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must contain non-whitespace characters")
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _size_shape(cls, value: str | None) -> str | None:
+        if value is not None and value != "auto" and not SIZE_PATTERN.match(value):
+            raise ValueError(f"size must be 'auto' or 'WIDTHxHEIGHT' such as '512x512', got {value!r}")
+        return value
+
+    @field_validator("background")
+    @classmethod
+    def _opaque_only(cls, value: str | None) -> str | None:
+        if value == "transparent":
+            raise ValueError("background 'transparent' is not supported: the pipelines produce opaque RGB "
+                             "images; use 'opaque' or 'auto'")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> ImageGenerationRequest:
+        if self.output_compression is not None and self.output_format in (None, "png"):
+            raise InvalidRequestError(
+                "output_compression applies to output_format 'jpeg' or 'webp' only, not 'png'", "output_compression"
+            )
+        if self.num_inference_steps is not None and self.quality not in (None, "auto"):
+            raise InvalidRequestError(
+                f"give either quality ({self.quality!r}) or num_inference_steps, not both", "num_inference_steps"
+            )
+        return self
+
+    @property
+    def quality_tier(self) -> QualityTier | None:
+        """The tier reported back; None when explicit num_inference_steps replaced it."""
+        return None if self.num_inference_steps is not None else QUALITY_TIERS[self.quality or "auto"]
+
+    def to_params(self, limits: GenerationLimits, *, max_prompt_chars: int) -> GenerationParams:
+        """The ensemble inputs for this request; InvalidRequestError (with `param`) if out of limits."""
+        if len(self.prompt) > max_prompt_chars:
+            raise InvalidRequestError(
+                f"prompt is {len(self.prompt)} characters long, the maximum is {max_prompt_chars}", "prompt"
+            )
+        if self.size in (None, "auto"):
+            width, height = limits.default_width, limits.default_height
+        else:
+            width, height = (int(part) for part in self.size.split("x"))
+        tier = self.quality_tier
+        params = GenerationParams(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt or "",
+            num_images=self.n or 1,
+            num_inference_steps=self.num_inference_steps or steps_for_quality(tier or "medium", limits),
+            guidance_scale=limits.default_guidance_scale if self.guidance_scale is None else self.guidance_scale,
+            # A fresh seed per request, reported back so that any image can be reproduced.
+            seed=secrets.randbelow(MAX_SEED + 1) if self.seed is None else self.seed,
+            height=height,
+            width=width,
+            scheduler=self.scheduler or "default",
+        )
+        limits.validate(
+            prompt=params.prompt, num_images=params.num_images, num_inference_steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale, seed=params.seed, width=width, height=height,
+            scheduler=params.scheduler,
+        )
+        return params
+
+
+class ImageData(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None  # never set: D-Gate does not rewrite prompts
+
+
+class InputTokensDetails(BaseModel):
+    text_tokens: int = 0
+    image_tokens: int = 0
+
+
+class Usage(BaseModel):
+    """Token usage, always zero: tokenization happens inside Triton and D-Gate does not bill per token.
+
+    The fields are present because OpenAI clients expect the object; zero is honest where an estimate
+    from another tokenizer would not be.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    background: Literal["opaque"] = "opaque"
+    output_format: Literal["png", "jpeg", "webp"]
+    quality: QualityTier | None = None
+    size: str
+    usage: Usage = Field(default_factory=Usage)
+    safety_identifier: str | None = None
+    seed: int  # D-Gate extension: the seed actually used (random when the request gave none)
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "dgate"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
