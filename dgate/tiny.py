@@ -23,7 +23,6 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -56,17 +55,16 @@ oil watercolor digital anime cartoon pixel minimal abstract surreal epic dramati
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's byte -> printable character map, in its canonical order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = [], 0
+    """GPT-2/CLIP's byte -> printable character map, in its canonical order (printable bytes first)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs, shifted = bs[:], 0
     for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:  # control and whitespace bytes are shifted past 255 so every byte is a visible char
-            chars.append(chr(256 + extra))
-            extra += 1
-    return dict(enumerate(chars))
+        if b not in bs:  # control and whitespace bytes are shifted past 255 so each byte is a visible char
+            bs.append(b)
+            cs.append(256 + shifted)
+            shifted += 1
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
 
 
 def _learn_bpe_merges(words: list[str]) -> list[tuple[str, str]]:
@@ -102,11 +100,10 @@ def build_clip_tokenizer() -> CLIPTokenizer:
     byte_chars = list(_bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars]
     merges = _learn_bpe_merges(WORDS.split())
-    tokens += [a + b for a, b in merges]
-    tokens += [CLIP_BOS, CLIP_EOS]
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    if len(vocab) != len(tokens):
-        raise RuntimeError("duplicate token in the tiny CLIP vocabulary")
+    tokens += [a + b for a, b in merges] + [CLIP_BOS, CLIP_EOS]
+    vocab: dict[str, int] = {}
+    for tok in tokens:  # two merges can spell the same token; it gets one id
+        vocab.setdefault(tok, len(vocab))
     # Pad with <|endoftext|> like SD 1.x, and the 77-token window every SD text encoder has.
     return CLIPTokenizer(
         vocab=vocab,
@@ -138,38 +135,16 @@ def build_t5_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
-def _write_slow_tokenizer_files(tokenizer: CLIPTokenizer | T5Tokenizer, tok_dir: Path) -> None:
-    """Add the files the sentencepiece/Python tokenizers read (vocab.json + merges.txt, or spiece.model).
+def _write_bpe_files(tokenizer: CLIPTokenizer, tok_dir: Path) -> None:
+    """Add vocab.json + merges.txt next to tokenizer.json.
 
-    transformers 5 saves only tokenizer.json; these keep the folder loadable by transformers 4.x's slow
-    CLIPTokenizer/T5Tokenizer (which diffusers picks from model_index.json) and by plain sentencepiece.
+    transformers 5 saves only tokenizer.json; the classic files keep the folder loadable by transformers
+    4.x's slow CLIPTokenizer (which diffusers picks from model_index.json) and by other BPE readers.
     """
     model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
-    if model["type"] == "BPE":
-        (tok_dir / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n", "utf-8")
-        merges = ["#version: 0.2"] + [" ".join(pair) for pair in model["merges"]]
-        (tok_dir / "merges.txt").write_text("\n".join(merges) + "\n", "utf-8")
-        return
-    piece_type = spm_pb2.ModelProto.SentencePiece
-    special = {tokenizer.pad_token: piece_type.CONTROL, tokenizer.eos_token: piece_type.CONTROL}
-    special[tokenizer.unk_token] = piece_type.UNKNOWN
-    proto = spm_pb2.ModelProto()
-    for piece, score in model["vocab"]:
-        proto.pieces.add(piece=piece, score=score, type=special.get(piece, piece_type.NORMAL))
-    spec = proto.trainer_spec
-    spec.model_type = spm_pb2.TrainerSpec.UNIGRAM
-    spec.vocab_size = len(model["vocab"])
-    spec.pad_id, spec.eos_id, spec.unk_id = (
-        tokenizer.pad_token_id,
-        tokenizer.eos_token_id,
-        tokenizer.unk_token_id,
-    )
-    spec.bos_id = -1  # T5 has no bos
-    # No normalization beyond what the tokenizers pipeline does: collapse whitespace, prefix "▁".
-    norm = proto.normalizer_spec
-    norm.name = "identity"
-    norm.add_dummy_prefix = norm.remove_extra_whitespaces = norm.escape_whitespaces = True
-    (tok_dir / "spiece.model").write_bytes(proto.SerializeToString())
+    (tok_dir / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n", "utf-8")
+    merges = ["#version: 0.2"] + [" ".join(pair) for pair in model["merges"]]
+    (tok_dir / "merges.txt").write_text("\n".join(merges) + "\n", "utf-8")
 
 
 def _build_vae() -> AutoencoderKL:
@@ -309,7 +284,8 @@ def build_tiny_pipeline(name: str, out_dir: Path) -> Path:
     with torch.random.fork_rng(devices=[]):
         pipe = _BUILDERS[name]()
     pipe.save_pretrained(path, safe_serialization=True)
-    _write_slow_tokenizer_files(pipe.tokenizer, path / "tokenizer")
+    if isinstance(pipe.tokenizer, CLIPTokenizer):
+        _write_bpe_files(pipe.tokenizer, path / "tokenizer")
     logger.info("built %s at %s", name, path)
     return path
 

@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers import DiffusionPipeline
+from tqdm import tqdm
+
+from dgate.core.errors import ExportError
+from dgate.core.pipeline_spec import PipelineSpec
 from dgate.export.onnx_export import VerifyResult, convert_to_fp16, export_onnx, sample_inputs, verify_onnx
 from dgate.export.repository import PIPELINE_FILE, SCHEDULER_FILE, TOKENIZER_DIR, model_shim, write_model
 from dgate.export.tensorrt_build import build_engine, profile_shapes
@@ -20,11 +25,6 @@ from dgate.export.triton_config import (
     tokenize_config,
 )
 from dgate.export.wrappers import component_module
-from diffusers import DiffusionPipeline
-from tqdm import tqdm
-
-from dgate.core.errors import ExportError
-from dgate.core.pipeline_spec import PipelineSpec
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +72,24 @@ def export_pipeline(
         for component in progress:
             progress.set_postfix_str(component)
             module = component_module(pipe, spec, component)
+            # Trace off the native size: DiTs then compute their position embedding from the input
+            # size instead of baking in the stored table, so the graph stays valid at every size.
             onnx_path = export_onnx(
                 module, spec, component,
-                sample_inputs(pipe, spec, component, 2, limits.default_height, limits.default_width, seed=0),
+                sample_inputs(pipe, spec, component, 2, limits.default_height,
+                              limits.default_width + limits.size_multiple, seed=0),
                 scratch / component / "fp32" / "model.onnx",
             )
-            # Check at another batch size and a non-square size, which also proves the dynamic axes.
-            check_inputs = sample_inputs(pipe, spec, component, 3, limits.default_height,
-                                         limits.default_width + limits.size_multiple, seed=1)
-            checks.append(verify_onnx(module, onnx_path, component, "fp32", check_inputs))
+            # Check at other batch sizes and at the native and a non-square size (the dynamic axes).
+            checks_inputs = [
+                sample_inputs(pipe, spec, component, 3, limits.default_height, limits.default_width, seed=1),
+                sample_inputs(pipe, spec, component, 1, limits.default_height + 2 * limits.size_multiple,
+                              limits.default_width, seed=2),
+            ]
+            checks.append(verify_onnx(module, onnx_path, component, "fp32", checks_inputs))
             if precision == "fp16":
                 onnx_path = convert_to_fp16(onnx_path, scratch / component / "model.onnx")
-                checks.append(verify_onnx(module, onnx_path, component, "fp16", check_inputs))
+                checks.append(verify_onnx(module, onnx_path, component, "fp16", checks_inputs))
             files: dict[str, Path | str] = {"model.onnx": onnx_path}
             if options.engine == "tensorrt":
                 config = component_config(spec, component, options)

@@ -9,8 +9,9 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from dgate.export.triton_config import render
 from tritonclient.grpc import model_config_pb2 as mc
+
+from dgate.export.triton_config import render
 
 logger = logging.getLogger(__name__)
 

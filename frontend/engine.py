@@ -72,7 +72,9 @@ def check_images(images: np.ndarray, params: GenerationParams) -> np.ndarray:
     """Refuse a batch that does not match the request rather than return wrong images."""
     expected = (params.num_images, params.height, params.width, 3)
     if images.dtype != np.uint8 or images.shape != expected:
-        raise EngineError(f"pipeline returned images {images.dtype}{list(images.shape)}, expected uint8{list(expected)}")
+        raise EngineError(
+            f"pipeline returned images {images.dtype}{list(images.shape)}, expected uint8{list(expected)}"
+        )
     return images
 
 
@@ -118,7 +120,9 @@ class TritonImageEngine:
 
     async def _config_parameters(self, name: str) -> dict[str, str]:
         try:
-            config = await self.client.get_model_config(name, as_json=True, client_timeout=self._metadata_timeout_s)
+            config = await self.client.get_model_config(
+                name, as_json=True, client_timeout=self._metadata_timeout_s
+            )
         except InferenceServerException as exc:
             raise _map_error(exc, name) from exc
         parameters = config.get("config", {}).get("parameters", {})
@@ -146,7 +150,7 @@ class TritonImageEngine:
             raise _map_error(exc) from exc
         ready = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
         found = await asyncio.gather(*(self._is_pipeline(name) for name in ready))
-        return [name for name, is_pipeline in zip(ready, found) if is_pipeline]
+        return [name for name, is_pipeline in zip(ready, found, strict=True) if is_pipeline]
 
     async def _is_pipeline(self, name: str) -> bool:
         try:
@@ -170,7 +174,9 @@ class TritonImageEngine:
             inputs.append(tensor)
         try:
             result = await self.client.infer(
-                name, inputs, outputs=[grpcclient.InferRequestedOutput(ENSEMBLE_OUTPUT.name)],
+                name,
+                inputs,
+                outputs=[grpcclient.InferRequestedOutput(ENSEMBLE_OUTPUT.name)],
                 client_timeout=self._request_timeout_s,
             )
         except InferenceServerException as exc:

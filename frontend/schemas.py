@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -30,9 +30,8 @@ SIZE_PATTERN = re.compile(r"^([1-9][0-9]{0,5})x([1-9][0-9]{0,5})$")
 Quality = Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"]
 QualityTier = Literal["low", "medium", "high", "xhigh", "max"]
 # OpenAI's legacy and `auto` names -> the tier reported back in the response.
-QUALITY_TIERS: dict[str, QualityTier] = {
-    "auto": "medium", "standard": "medium", "hd": "high",
-    "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "max",
+QUALITY_TIERS: dict[str, QualityTier] = {"auto": "medium", "standard": "medium", "hd": "high"} | {
+    tier: tier for tier in get_args(QualityTier)
 }
 
 
@@ -41,7 +40,7 @@ def steps_for_quality(tier: QualityTier, limits: GenerationLimits) -> int:
 
     low = ceil(d/2), medium = d (also `auto`/`standard`), high = 2d (also `hd`), xhigh = 3d,
     max = max_steps; each capped at the pipeline's max_steps. Distilled pipelines (d = 4) thus get
-    2/4/8/12 steps and a 50-step SD pipeline 25/50/100..., never more than the deployment allows.
+    2/4/8/12 steps and a 30-step SD pipeline 15/30/60/90, never more than the deployment allows.
     """
     d, cap = limits.default_steps, limits.max_steps
     steps = {"low": (d + 1) // 2, "medium": d, "high": 2 * d, "xhigh": 3 * d, "max": cap}[tier]
@@ -108,19 +107,23 @@ class ImageGenerationRequest(BaseModel):
     @classmethod
     def _opaque_only(cls, value: str | None) -> str | None:
         if value == "transparent":
-            raise ValueError("background 'transparent' is not supported: the pipelines produce opaque RGB "
-                             "images; use 'opaque' or 'auto'")
+            raise ValueError(
+                "background 'transparent' is not supported: the pipelines produce opaque RGB "
+                "images; use 'opaque' or 'auto'"
+            )
         return value
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ImageGenerationRequest:
         if self.output_compression is not None and self.output_format in (None, "png"):
             raise InvalidRequestError(
-                "output_compression applies to output_format 'jpeg' or 'webp' only, not 'png'", "output_compression"
+                "output_compression applies to output_format 'jpeg' or 'webp' only, not 'png'",
+                "output_compression",
             )
         if self.num_inference_steps is not None and self.quality not in (None, "auto"):
             raise InvalidRequestError(
-                f"give either quality ({self.quality!r}) or num_inference_steps, not both", "num_inference_steps"
+                f"give either quality ({self.quality!r}) or num_inference_steps, not both",
+                "num_inference_steps",
             )
         return self
 
@@ -145,7 +148,9 @@ class ImageGenerationRequest(BaseModel):
             negative_prompt=self.negative_prompt or "",
             num_images=self.n or 1,
             num_inference_steps=self.num_inference_steps or steps_for_quality(tier or "medium", limits),
-            guidance_scale=limits.default_guidance_scale if self.guidance_scale is None else self.guidance_scale,
+            guidance_scale=limits.default_guidance_scale
+            if self.guidance_scale is None
+            else self.guidance_scale,
             # A fresh seed per request, reported back so that any image can be reproduced.
             seed=secrets.randbelow(MAX_SEED + 1) if self.seed is None else self.seed,
             height=height,
@@ -153,8 +158,13 @@ class ImageGenerationRequest(BaseModel):
             scheduler=self.scheduler or "default",
         )
         limits.validate(
-            prompt=params.prompt, num_images=params.num_images, num_inference_steps=params.num_inference_steps,
-            guidance_scale=params.guidance_scale, seed=params.seed, width=width, height=height,
+            prompt=params.prompt,
+            num_images=params.num_images,
+            num_inference_steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale,
+            seed=params.seed,
+            width=width,
+            height=height,
             scheduler=params.scheduler,
         )
         return params

@@ -21,7 +21,9 @@ class FrontendSettings(BaseSettings):
     triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint, host:port")
     host: str = "127.0.0.1"
     port: int = Field(9000, ge=0, le=65535)
-    default_model: str | None = Field(None, description="pipeline used when a request names none; None = first")
+    default_model: str | None = Field(
+        None, description="pipeline used when a request names none; None = first"
+    )
     request_timeout_s: float = Field(300.0, gt=0, description="deadline of one generation request in Triton")
     metadata_timeout_s: float = Field(5.0, gt=0, description="deadline of Triton health/config calls")
     url_ttl_s: float = Field(3600.0, gt=0, description="how long images returned as `url` stay fetchable")

@@ -158,9 +158,10 @@ def test_broken_model_fails_start_with_log(tmp_path: Path) -> None:
 def test_run_foreground_stops_on_sigint(tmp_path: Path) -> None:
     write_model(tmp_path / "repo", "add_one", ADD_ONE_MODEL)
     ports = free_ports()
-    code = ("import sys; from pathlib import Path; from dgate.triton_server import TritonPorts, run_foreground; "
-            f"sys.exit(run_foreground(Path({str(tmp_path / 'repo')!r}), TritonPorts(*{tuple(vars(ports).values())})))")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+    code = ("import sys; from pathlib import Path; from dgate.triton_server import TritonPorts, run_foreground;"
+            " sys.exit(run_foreground(Path(sys.argv[1]), TritonPorts(*map(int, sys.argv[2:]))))")
+    args = [str(tmp_path / "repo"), str(ports.http), str(ports.grpc), str(ports.metrics)]
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         wait_ready(ports)

@@ -46,7 +46,7 @@ class GenerationLimits:
     def validate(
         self,
         *,
-        prompt: str,
+        prompt: str | None = None,
         num_images: int,
         num_inference_steps: int,
         guidance_scale: float,
@@ -55,8 +55,12 @@ class GenerationLimits:
         height: int,
         scheduler: str,
     ) -> None:
-        """Raise InvalidRequestError naming the first field that is out of bounds."""
-        if not prompt or not prompt.strip():
+        """Raise InvalidRequestError naming the first field that is out of bounds.
+
+        `prompt` is optional because the denoiser only sees the encoded prompt (the tokenizer model
+        checks the text).
+        """
+        if prompt is not None and not prompt.strip():
             raise InvalidRequestError("prompt must be a non-empty string", "prompt")
         if not 1 <= num_images <= self.max_images:
             raise InvalidRequestError(f"n must be between 1 and {self.max_images}, got {num_images}", "n")

@@ -1,0 +1,156 @@
+"""`dgate`: one command for building, exporting, serving and benchmarking."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _add_ports(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+
+
+def cmd_tiny(args: argparse.Namespace) -> int:
+    from dgate.tiny import TINY_PIPELINES, build_tiny_pipeline
+
+    for name in args.name or TINY_PIPELINES:
+        print(build_tiny_pipeline(name, args.out))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dgate.export.pipeline_export import export_pipeline
+    from dgate.export.triton_config import ServingOptions
+
+    options = ServingOptions(
+        triton_backend=args.triton_backend, engine=args.backend, device=args.device,
+        denoiser_instances=args.denoiser_instances, component_instances=args.component_instances,
+        max_queue_delay_us=args.max_queue_delay_us, onnx_threads=args.onnx_threads,
+    )
+    if args.name and len(args.name) != len(args.model):
+        raise SystemExit("--name must be given once per --model")
+    for index, model in enumerate(args.model):
+        report = export_pipeline(
+            model, args.out, name=args.name[index] if args.name else None, precision=args.precision,
+            options=options, max_size=args.max_size, default_steps=args.default_steps,
+        )
+        for check in report.checks:
+            print(f"{report.spec.name:>16} {check.component:<14} {check.precision}: max abs error "
+                  f"{check.max_abs_error:.2e} (output scale {check.reference_scale:.2f}, "
+                  f"allowed {check.tolerance:g} x max(1, scale))")
+    print(f"model repository: {args.out}")
+    return 0
+
+
+def _ports(args: argparse.Namespace):
+    from dgate.triton_server import TritonPorts
+
+    return TritonPorts(http=args.http_port, grpc=args.grpc_port, metrics=args.metrics_port)
+
+
+def cmd_triton(args: argparse.Namespace) -> int:
+    from dgate.triton_server import run_foreground
+
+    return run_foreground(args.model_repository, _ports(args), extra_args=args.triton_arg or ())
+
+
+def cmd_frontend(args: argparse.Namespace) -> int:
+    from dgate.frontend.app import run
+    from dgate.frontend.settings import FrontendSettings
+
+    overrides = {key: value for key, value in (("triton_url", args.triton_url), ("host", args.host),
+                                                ("port", args.port)) if value is not None}
+    run(FrontendSettings(**overrides))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dgate.frontend.app import run
+    from dgate.frontend.settings import FrontendSettings
+    from dgate.triton_server import TritonServer
+
+    ports = _ports(args)
+    with TritonServer(args.model_repository, ports, extra_args=args.triton_arg or ()):
+        overrides = {"triton_url": ports.grpc_url, "host": args.host or "127.0.0.1", "port": args.port or 9000}
+        run(FrontendSettings(**overrides))  # returns on Ctrl-C; leaving the block stops Triton
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dgate.bench.run import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dgate", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tiny = sub.add_parser("tiny", help="build the embedded tiny random-weight pipelines (offline)")
+    tiny.add_argument("--out", type=Path, default=Path("models"))
+    tiny.add_argument("--name", action="append", help="tiny-sd or tiny-pixart (default: both)")
+    tiny.set_defaults(func=cmd_tiny)
+
+    export = sub.add_parser("export", help="export diffusers pipelines into a Triton model repository")
+    export.add_argument("--model", action="append", required=True,
+                        help="a diffusers pipeline directory or hub id (repeat for several pipelines)")
+    export.add_argument("--name", action="append", help="served pipeline name (default: the model's folder name)")
+    export.add_argument("--out", type=Path, default=Path("build/model_repository"))
+    export.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    export.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+                        help="component engine; tensorrt builds refittable FP16 engines (GPU)")
+    export.add_argument("--triton-backend", choices=("python", "native"), default="python",
+                        help="python: components run in Python-backend models (CPU build of Triton); "
+                             "native: onnxruntime/tensorrt backend configs for the NGC image")
+    export.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="instance kind of native models")
+    export.add_argument("--denoiser-instances", type=int, default=4)
+    export.add_argument("--component-instances", type=int, default=1)
+    export.add_argument("--max-queue-delay-us", type=int, default=1000)
+    export.add_argument("--onnx-threads", type=int, default=0)
+    export.add_argument("--max-size", type=int, help="largest width/height served (default: 2x the native size)")
+    export.add_argument("--default-steps", type=int, help="default steps (default: the pipeline's own)")
+    export.set_defaults(func=cmd_export)
+
+    for name, func, text in (("triton", cmd_triton, "start tritonserver on a model repository"),
+                             ("serve", cmd_serve, "start tritonserver and the OpenAI frontend")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--model-repository", type=Path, default=Path("build/model_repository"))
+        command.add_argument("--triton-arg", action="append", help="extra tritonserver argument (repeatable)")
+        _add_ports(command)
+        if name == "serve":
+            command.add_argument("--host")
+            command.add_argument("--port", type=int)
+        command.set_defaults(func=func)
+
+    frontend = sub.add_parser("frontend", help="start the OpenAI frontend against a running Triton")
+    frontend.add_argument("--triton-url", help="Triton gRPC address, e.g. 127.0.0.1:8001")
+    frontend.add_argument("--host")
+    frontend.add_argument("--port", type=int)
+    frontend.set_defaults(func=cmd_frontend)
+
+    bench = sub.add_parser("bench", help="throughput/latency: frontend vs Triton vs in-process diffusers")
+    bench.add_argument("--model-repository", type=Path, default=Path("build/model_repository"))
+    bench.add_argument("--model", type=Path, default=Path("build/models/tiny-sd"),
+                       help="the diffusers pipeline directory the served pipeline was exported from")
+    bench.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    bench.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
+    bench.add_argument("--steps", type=int, default=4)
+    bench.add_argument("--size", type=int, default=64)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The FastAPI application: wiring only (state, middleware, error handlers, routers) and `run()`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from dgate.frontend.engine import ImageEngine, TritonImageEngine
+from dgate.frontend.errors import install_exception_handlers
+from dgate.frontend.image_store import ImageStore
+from dgate.frontend.logs import configure_logging
+from dgate.frontend.metrics import Metrics
+from dgate.frontend.middleware import RequestMiddleware
+from dgate.frontend.routers import files, health, images, models
+from dgate.frontend.settings import FrontendSettings
+from dgate.frontend.state import AppState
+
+
+def create_app(settings: FrontendSettings | None = None, engine: ImageEngine | None = None) -> FastAPI:
+    """Build the app; `engine` is injected by tests, else a Triton engine is made from `settings`."""
+    settings = settings or FrontendSettings()
+    triton = None
+    if engine is None:
+        triton = TritonImageEngine(
+            settings.triton_url,
+            request_timeout_s=settings.request_timeout_s,
+            metadata_timeout_s=settings.metadata_timeout_s,
+        )
+        engine = triton
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if triton is not None:  # an injected engine belongs to its caller
+            await triton.close()
+
+    app = FastAPI(
+        title="D-Gate",
+        summary="OpenAI-compatible image generation over NVIDIA Triton Inference Server",
+        lifespan=lifespan,
+    )
+    metrics = Metrics()
+    app.state.dgate = AppState(
+        settings=settings,
+        engine=engine,
+        store=ImageStore(settings.url_ttl_s, int(settings.url_store_max_mb * 2**20)),
+        metrics=metrics,
+        started=int(time.time()),
+    )
+    install_exception_handlers(app, retry_after_s=settings.retry_after_s)
+    app.add_middleware(RequestMiddleware, metrics=metrics)
+    for module in (images, models, files, health):
+        app.include_router(module.router)
+    return app
+
+
+def run(settings: FrontendSettings | None = None) -> None:
+    """Serve until interrupted (used by `dgate serve`)."""
+    settings = settings or FrontendSettings()
+    configure_logging(settings.log_level)
+    # Our middleware writes the access log as JSON; uvicorn's own would duplicate it as text.
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False
+    )

@@ -1,0 +1,141 @@
+"""The one OpenAI-shaped error type and the one place exceptions become HTTP answers.
+
+Every error body is `{"error": {"message", "type", "param", "code"}}`, which the official `openai`
+client turns into BadRequestError (400), NotFoundError (404), InternalServerError (>= 500)...
+Routers raise; they never catch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dgate.core.errors import InvalidRequestError
+from dgate.frontend.engine import EngineError, EngineTimeout, ModelNotFound, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RETRY_AFTER_S = 5
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+class OpenAIError(Exception):
+    """An error answered as OpenAI does; `type` is OpenAI's category, `code` a stable machine string."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def from_validation_error(exc: RequestValidationError) -> OpenAIError:
+    """pydantic's first error -> 400 naming the field (`param`) and what was received."""
+    errors = exc.errors()
+    first = errors[0]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, InvalidRequestError):  # a cross-field rule raised from a model validator
+        return OpenAIError(400, cause.message, param=cause.param, code="invalid_value")
+    kind = first.get("type", "")
+    loc = [str(part) for part in first.get("loc", ())[1:]]  # drop "body" / "query" / "path"
+    param = ".".join(loc) or None
+    if kind == "json_invalid":
+        return OpenAIError(
+            400,
+            f"The request body is not valid JSON: {first.get('ctx', {}).get('error', '')}",
+            code="invalid_json",
+        )
+    if kind == "extra_forbidden":
+        return OpenAIError(
+            400, f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter"
+        )
+    if kind == "missing":
+        what = f"'{param}'" if param else "a JSON body"
+        return OpenAIError(
+            400, f"Missing required parameter: {what}", param=param, code="missing_required_parameter"
+        )
+    message = str(cause) if cause is not None else first.get("msg", "invalid value")
+    if param and cause is None:
+        message = f"{param}: {message} (got {_short(first.get('input'))})"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error(s))"
+    return OpenAIError(400, message, param=param, code="invalid_value")
+
+
+def from_exception(
+    exc: Exception, *, retry_after_s: int = DEFAULT_RETRY_AFTER_S, request_id: str | None = None
+) -> OpenAIError:
+    """The single mapping from any exception to an OpenAI error."""
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return from_validation_error(exc)
+    if isinstance(exc, InvalidRequestError):
+        return OpenAIError(400, exc.message, param=exc.param, code="invalid_value")
+    if isinstance(exc, ModelNotFound):
+        return OpenAIError(404, exc.message, param="model", code="model_not_found")
+    if isinstance(exc, ServiceUnavailable):
+        return OpenAIError(
+            503,
+            exc.message,
+            type="server_error",
+            code="service_unavailable",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+    if isinstance(exc, EngineTimeout):
+        return OpenAIError(504, exc.message, type="server_error", code="timeout")
+    if isinstance(exc, EngineError):
+        return OpenAIError(500, exc.message, type="server_error", code="engine_error")
+    if isinstance(exc, StarletteHTTPException):
+        code = _HTTP_CODES.get(exc.status_code)
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return OpenAIError(
+            exc.status_code, str(exc.detail), type=kind, code=code, headers=dict(exc.headers or {})
+        )
+    # Anything else is a bug: the client gets a generic message, the log gets the traceback.
+    logger.error("unhandled exception", exc_info=exc, extra={"request_id": request_id})
+    return OpenAIError(
+        500,
+        "The server had an error while processing your request.",
+        type="server_error",
+        code="internal_error",
+    )
+
+
+def install_exception_handlers(app: FastAPI, *, retry_after_s: int = DEFAULT_RETRY_AFTER_S) -> None:
+    """Register the mapping for every exception type routers may raise (subclasses included)."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", None)
+        return from_exception(exc, retry_after_s=retry_after_s, request_id=request_id).response()
+
+    for exc_type in (
+        OpenAIError,
+        RequestValidationError,
+        InvalidRequestError,
+        EngineError,
+        StarletteHTTPException,
+    ):
+        app.add_exception_handler(exc_type, handle)

@@ -1,0 +1,80 @@
+"""Per-request plumbing as plain ASGI (no BaseHTTPMiddleware buffering): request id, one JSON log
+line, metrics, and the last-resort conversion of unexpected exceptions into an OpenAI 500."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dgate.frontend.errors import from_exception
+from dgate.frontend.metrics import Metrics
+
+logger = logging.getLogger("dgate.frontend.access")
+
+REQUEST_ID_HEADER = "x-request-id"
+# A client's id is echoed into headers and logs: accept only short, printable ids.
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+def _request_id(scope: Scope) -> str:
+    for key, value in scope.get("headers", ()):
+        if key == REQUEST_ID_HEADER.encode():
+            candidate = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER.encode(), request_id.encode())]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:  # handlers cover every expected error; this is a bug or a crash
+            if started:
+                logger.error(
+                    "exception after the response started", exc_info=exc, extra={"request_id": request_id}
+                )
+            else:
+                await from_exception(exc, request_id=request_id).response()(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - start
+            self.metrics.in_flight.dec()
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.observe(scope["method"], route, status, seconds)
+            logger.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "latency_ms": round(seconds * 1000, 2),
+                    "request_id": request_id,
+                },
+            )

@@ -1,0 +1,30 @@
+"""What the routers share, stored once on `app.state.dgate` and handed to them as a dependency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from dgate.frontend.engine import ImageEngine
+from dgate.frontend.image_store import ImageStore
+from dgate.frontend.metrics import Metrics
+from dgate.frontend.settings import FrontendSettings
+
+
+@dataclass(frozen=True)
+class AppState:
+    settings: FrontendSettings
+    engine: ImageEngine
+    store: ImageStore
+    metrics: Metrics
+    started: int  # unix time; the `created` of model objects (Triton does not report load times)
+
+
+def app_state(request: Request) -> AppState:
+    return request.app.state.dgate
+
+
+# Route parameter type: `state: State` injects the app's AppState.
+State = Annotated[AppState, Depends(app_state)]

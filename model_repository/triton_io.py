@@ -1,0 +1,44 @@
+"""Small helpers shared by D-Gate's Triton Python models (only importable inside Triton)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from dgate.core.errors import InvalidRequestError
+
+
+class ModelArgs:
+    """The `args` Triton passes to initialize(), parsed once."""
+
+    def __init__(self, args: dict[str, str]) -> None:
+        self.config: dict[str, Any] = json.loads(args["model_config"])
+        self.name = args["model_name"]
+        self.version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.parameters = {key: value["string_value"] for key, value in self.config.get("parameters", {}).items()}
+
+    def parameter(self, key: str, default: str | None = None) -> str:
+        if key in self.parameters:
+            return self.parameters[key]
+        if default is None:
+            raise pb_utils.TritonModelException(f"{self.name}: config.pbtxt lacks parameter {key!r}")
+        return default
+
+
+def input_array(request: Any, name: str) -> np.ndarray:
+    return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+
+
+def input_scalar(request: Any, name: str) -> Any:
+    value = input_array(request, name).reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else value.item()
+
+
+def error_response(error: Exception) -> Any:
+    """One failed request, without failing the others in the batch."""
+    code = pb_utils.TritonError.INVALID_ARG if isinstance(error, InvalidRequestError) else pb_utils.TritonError.INTERNAL
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error), code))

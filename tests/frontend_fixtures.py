@@ -1,0 +1,72 @@
+"""Run the real frontend (uvicorn + the FastAPI app) in a background thread for tests.
+
+Registered as a pytest plugin from tests/conftest.py; the unit tests also import `start_frontend`
+directly. `start_frontend(settings)` talks to the Triton named by `settings.triton_url`; pass an
+`engine` to serve a fake instead.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import pytest
+import uvicorn
+
+from dgate.frontend.app import create_app
+from dgate.frontend.engine import ImageEngine
+from dgate.frontend.settings import FrontendSettings
+
+
+def start_frontend(
+    settings: FrontendSettings | None = None, engine: ImageEngine | None = None, *, timeout_s: float = 15.0
+) -> tuple[str, Callable[[], None]]:
+    """Serve the app on a free port of `settings.host`; returns (base_url, stop) once /health answers."""
+    settings = settings or FrontendSettings()
+    # Bind first and hand uvicorn the socket: no window in which another process takes the port.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, 0))
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(create_app(settings, engine), log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"frontend-{port}", daemon=True)
+    thread.start()
+    base_url = f"http://{host}:{port}"
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base_url}/health", timeout=1) as response:
+                if response.status == 200:
+                    return base_url, stop
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if not thread.is_alive() or time.monotonic() > deadline:
+            stop()
+            raise RuntimeError(f"the frontend did not answer {base_url}/health within {timeout_s} s")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def frontend_launcher() -> Iterator[Callable[..., str]]:
+    """`launch(settings, engine=None) -> base_url`; every frontend launched is stopped at teardown."""
+    stops: list[Callable[[], None]] = []
+
+    def launch(settings: FrontendSettings | None = None, engine: ImageEngine | None = None) -> str:
+        base_url, stop = start_frontend(settings, engine)
+        stops.append(stop)
+        return base_url
+
+    yield launch
+    for stop in reversed(stops):
+        stop()
