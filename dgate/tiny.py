@@ -1,8 +1,8 @@
 """Tiny random-weight diffusers pipelines, built offline, for tests and CI.
 
 They have the real pipelines' structure (same classes, configs shaped the same way, tokenizers that
-save and reload) but only a few hundred kilobytes of weights, so export, serving and the frontend can
-be exercised end to end without the Hugging Face hub and in well under a second per image on a CPU.
+save and reload) but only a few megabytes of weights, so export, serving and the frontend can be
+exercised end to end without the Hugging Face hub, at well under a second per image on a CPU.
 Everything is seeded, so two builds give byte-identical weights.
 """
 
@@ -249,7 +249,7 @@ def _build_pixart() -> PixArtSigmaPipeline:
         norm_elementwise_affine=False,
         norm_eps=1e-6,
     )
-    # PixArt-Sigma's released scheduler config.
+    # Like PixArt-Sigma's released scheduler: DPM-Solver++ (2M) over the linear DDPM betas.
     scheduler = DPMSolverMultistepScheduler(
         num_train_timesteps=1000,
         beta_start=0.0001,

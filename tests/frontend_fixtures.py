@@ -34,7 +34,9 @@ def start_frontend(
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(create_app(settings, engine), log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"frontend-{port}", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"frontend-{port}", daemon=True
+    )
     thread.start()
     base_url = f"http://{host}:{port}"
 

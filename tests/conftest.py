@@ -1,0 +1,49 @@
+"""Session fixtures: the tiny pipelines, their exported model repository and a real tritonserver."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a hub: the tiny pipelines are built locally and loaded back from disk.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+pytest_plugins = ["frontend_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from dgate.tiny import build_tiny_pipelines
+
+    paths = build_tiny_pipelines(tmp_path_factory.mktemp("models"))
+    return {path.name: path for path in paths}
+
+
+@pytest.fixture(scope="session")
+def model_repository(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both tiny pipelines exported into one repository, as `dgate export` does."""
+    from dgate.export.pipeline_export import export_pipeline
+    from dgate.export.triton_config import ServingOptions
+
+    repository = tmp_path_factory.mktemp("model_repository")
+    # Two ORT threads per component: this CI machine has two cores.
+    options = ServingOptions(denoiser_instances=4, onnx_threads=2)
+    for path in tiny_models.values():
+        export_pipeline(str(path), repository, options=options)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real tritonserver on free ports, shared by the session's end-to-end tests."""
+    from dgate.triton_server import TritonServer, free_ports
+
+    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    server = TritonServer(model_repository, free_ports(), log_path=log)
+    server.start()
+    yield server
+    server.stop()
