@@ -98,9 +98,10 @@ def export_onnx(module: nn.Module, spec: PipelineSpec, component: str, inputs: d
 
 def convert_to_fp16(fp32_path: Path, fp16_path: Path) -> Path:
     """FP16 weights and math with FP32 inputs/outputs, so Triton configs stay the same."""
-    from onnxconverter_common import float16
+    # ONNX Runtime's maintained copy of the converter (onnxconverter-common's mistypes Cast outputs).
+    from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = float16.convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
     large = model.ByteSize() > ONNX_PROTO_LIMIT
     onnx.save_model(model, str(fp16_path), save_as_external_data=large)
     return fp16_path

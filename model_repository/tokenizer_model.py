@@ -16,7 +16,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
         spec = PipelineSpec.load(model.version_dir / "pipeline.json")
-        self.tokenizer = PromptTokenizer(model.version_dir / "tokenizer", spec.text_max_length)
+        self.tokenizer = PromptTokenizer.from_directory(model.version_dir / "tokenizer", spec.text_max_length)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []

@@ -1,0 +1,84 @@
+"""The bench's printed output: one table, the BLS step cost and the targets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dgate.bench.triton_stats import METHOD, StepCost
+from dgate.bench.workload import LevelResult
+
+DIFFUSERS, TRITON, FRONTEND = "diffusers", "triton", "frontend"
+COLUMNS = ("path", "concurrency", "img/s", "p50 ms", "p95 ms", "vs diffusers", "frontend overhead")
+
+# Targets for the tiny model on 2 CPU cores at 4 steps.
+TARGET_SPEEDUP = 1.5  # served throughput at the highest concurrency / diffusers serial
+TARGET_STEP_MS = 2.0  # per-step round trip beyond the UNet math, at concurrency 1
+TARGET_FRONTEND_PCT = 5.0  # frontend p50 over Triton-direct p50 at the same concurrency
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    value: str
+    met: bool
+
+
+def frontend_overhead_pct(results: Sequence[LevelResult], concurrency: int) -> float | None:
+    by_path = {r.path: r for r in results if r.concurrency == concurrency}
+    if TRITON not in by_path or FRONTEND not in by_path:
+        return None
+    direct = by_path[TRITON].percentile_ms(50)
+    return (by_path[FRONTEND].percentile_ms(50) - direct) / direct * 100.0
+
+
+def table(results: Sequence[LevelResult]) -> str:
+    baseline = next(r for r in results if r.path == DIFFUSERS).throughput
+    rows = [COLUMNS]
+    for r in results:
+        overhead = frontend_overhead_pct(results, r.concurrency) if r.path == FRONTEND else None
+        rows.append((r.path, str(r.concurrency), f"{r.throughput:.2f}", f"{r.percentile_ms(50):.1f}",
+                     f"{r.percentile_ms(95):.1f}", f"{r.throughput / baseline:.2f}x",
+                     "-" if overhead is None else f"{overhead:+.1f}%"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def step_lines(costs: Sequence[StepCost]) -> list[str]:
+    lines = [f"BLS step cost ({METHOD}):"]
+    for c in costs:
+        lines.append(
+            f"  c={c.concurrency}: denoiser {c.denoiser_ms_per_request:.1f} ms/request = "
+            f"{c.denoiser_ms_per_step:.2f} ms/step; UNet {c.unet_ms_per_execution:.2f} ms/execution "
+            f"(queue {c.unet_queue_ms_per_call:.2f} ms/call) -> overhead {c.overhead_ms_per_step:.2f} ms/step; "
+            f"UNet batching {c.rows_per_execution:.2f} rows ({c.calls_per_execution:.2f} requests) per execution")
+    return lines
+
+
+def targets(results: Sequence[LevelResult], costs: Sequence[StepCost]) -> list[Target]:
+    baseline = next(r for r in results if r.path == DIFFUSERS).throughput
+    found: list[Target] = []
+    top = max(r.concurrency for r in results if r.path != DIFFUSERS)
+    served = {r.path: r.throughput for r in results if r.concurrency == top and r.path != DIFFUSERS}
+    speedup = min(served.values()) / baseline
+    found.append(Target(f"served throughput at c={top} >= {TARGET_SPEEDUP}x diffusers serial",
+                        ", ".join(f"{p} {v / baseline:.2f}x" for p, v in served.items()),
+                        speedup >= TARGET_SPEEDUP))
+    first = min(costs, key=lambda c: c.concurrency, default=None)
+    if first is not None:
+        found.append(Target(f"per-step round trip at c={first.concurrency} <= {TARGET_STEP_MS:g} ms",
+                            f"{first.overhead_ms_per_step:.2f} ms", first.overhead_ms_per_step <= TARGET_STEP_MS))
+    overheads = {c: frontend_overhead_pct(results, c) for c in sorted({r.concurrency for r in results})}
+    overheads = {c: v for c, v in overheads.items() if v is not None}
+    if overheads:
+        found.append(Target(f"frontend overhead <= {TARGET_FRONTEND_PCT:g}% of latency (every level)",
+                            ", ".join(f"c={c} {v:+.1f}%" for c, v in overheads.items()),
+                            max(overheads.values()) <= TARGET_FRONTEND_PCT))
+    return found
+
+
+def target_lines(found: Sequence[Target]) -> list[str]:
+    return ["Targets:"] + [f"  [{'MET' if t.met else 'MISSED'}] {t.name}: {t.value}" for t in found]

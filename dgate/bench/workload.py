@@ -1,0 +1,175 @@
+"""The benchmark's requests and the three ways of sending them (diffusers, Triton, frontend)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from dgate.core.tensors import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUT
+
+PROMPT = "a photo of a red fox in the snow, high quality"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One image request (n=1); only the seed changes from request to request."""
+
+    steps: int
+    size: int
+    prompt: str = PROMPT
+    guidance_scale: float = 7.5
+
+    def ensemble_values(self, seed: int) -> dict[str, Any]:
+        return {"prompt": self.prompt, "negative_prompt": "", "num_images": 1,
+                "num_inference_steps": self.steps, "guidance_scale": self.guidance_scale, "seed": seed,
+                "height": self.size, "width": self.size, "scheduler": "default"}
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """Latencies (s) of `len(latencies)` requests sent `concurrency` at a time, in `wall_s` seconds."""
+
+    path: str
+    concurrency: int
+    latencies: tuple[float, ...]
+    wall_s: float
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.wall_s
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(np.asarray(self.latencies), q)) * 1000.0
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class DiffusersPath:
+    """The plain diffusers pipeline in this process, one request at a time (torch threads = cores)."""
+
+    def __init__(self, model_dir: Path, workload: Workload) -> None:
+        import torch
+        from diffusers import DiffusionPipeline
+
+        torch.set_num_threads(cpu_count())
+        self.torch, self.workload = torch, workload
+        self.pipe = DiffusionPipeline.from_pretrained(str(model_dir))
+        self.pipe.set_progress_bar_config(disable=True)
+        name = type(self.pipe).__name__
+        self.extra = {"use_resolution_binning": False, "clean_caption": False} if "PixArt" in name else {}
+
+    def generate(self, seed: int) -> np.ndarray:
+        w = self.workload
+        images = self.pipe(w.prompt, negative_prompt="", num_images_per_prompt=1, num_inference_steps=w.steps,
+                           guidance_scale=w.guidance_scale, height=w.size, width=w.size,
+                           generator=self.torch.Generator().manual_seed(seed), output_type="pil",
+                           **self.extra).images
+        return np.stack([np.asarray(image) for image in images])
+
+    def measure(self, seeds: Sequence[int], label: str = "diffusers") -> LevelResult:
+        latencies = []
+        start = time.perf_counter()
+        for seed in tqdm(seeds, desc=f"{label} c=1", leave=False, unit="img"):
+            t0 = time.perf_counter()
+            self.generate(seed)
+            latencies.append(time.perf_counter() - t0)
+        return LevelResult(label, 1, tuple(latencies), time.perf_counter() - start)
+
+
+class TritonPath:
+    """The pipeline's ensemble through tritonclient's gRPC asyncio client (one HTTP/2 channel)."""
+
+    def __init__(self, url: str, pipeline: str, workload: Workload) -> None:
+        import tritonclient.grpc.aio as grpcclient
+
+        self.module, self.url, self.pipeline, self.workload = grpcclient, url, pipeline, workload
+        self.client: Any = None
+
+    async def open(self) -> None:
+        self.client = self.module.InferenceServerClient(self.url)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+    async def generate(self, seed: int) -> np.ndarray:
+        values = self.workload.ensemble_values(seed)
+        inputs = []
+        for spec in ENSEMBLE_INPUTS:
+            value = values[spec.name]
+            array = np.array([value.encode() if isinstance(value, str) else value], dtype=spec.numpy_dtype)
+            tensor = self.module.InferInput(spec.name, [1], spec.client_dtype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        result = await self.client.infer(self.pipeline, inputs,
+                                         outputs=[self.module.InferRequestedOutput(ENSEMBLE_OUTPUT.name)])
+        return result.as_numpy(ENSEMBLE_OUTPUT.name)
+
+
+class FrontendPath:
+    """`POST /v1/images/generations` through the official `openai` client (AsyncOpenAI, no retries)."""
+
+    def __init__(self, base_url: str, pipeline: str, workload: Workload) -> None:
+        try:
+            from openai import AsyncOpenAI
+        except ImportError as error:  # the client is a test/bench extra, not a serving dependency
+            raise SystemExit("dgate bench needs the `openai` client: pip install 'dgate[test]'") from error
+        self.client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key="dgate-bench", max_retries=0, timeout=300)
+        self.pipeline, self.workload = pipeline, workload
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def generate(self, seed: int) -> np.ndarray:
+        from PIL import Image
+
+        w = self.workload
+        response = await self.client.images.generate(
+            model=self.pipeline, prompt=w.prompt, n=1, size=f"{w.size}x{w.size}", response_format="b64_json",
+            extra_body={"seed": seed, "num_inference_steps": w.steps, "guidance_scale": w.guidance_scale},
+        )
+        png = base64.b64decode(response.data[0].b64_json)
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[None]
+
+
+async def measure_async(generate: Callable[[int], Awaitable[Any]], seeds: Sequence[int], concurrency: int,
+                        label: str) -> LevelResult:
+    """Send `seeds` through `generate`, keeping `concurrency` requests in flight (closed loop)."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for seed in seeds:
+        queue.put_nowait(seed)
+    latencies: list[float] = []
+    bar = tqdm(total=len(seeds), desc=f"{label} c={concurrency}", leave=False, unit="img")
+
+    async def worker() -> None:
+        while True:
+            try:
+                seed = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            t0 = time.perf_counter()
+            await generate(seed)
+            latencies.append(time.perf_counter() - t0)
+            bar.update()
+
+    start = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        bar.close()
+    return LevelResult(label, concurrency, tuple(latencies), time.perf_counter() - start)
