@@ -17,7 +17,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --upgrade pip setuptools wheel
 	$(BIN)/pip install "$(TORCH_SPEC)" "numpy<2"
-	$(BIN)/pip install -e ".[test,triton-wheel]"
+	$(BIN)/pip install -e ".[models,test,triton-wheel]"
 	$(BIN)/python -c "import dgate.core, dgate.export, dgate.frontend, dgate.model_repository"
 	touch $@
 

@@ -1,0 +1,48 @@
+"""The install itself: one `dgate` namespace, a torch-free frontend, lint-clean Dockerfiles."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_folders_install_under_one_namespace(tmp_path: Path) -> None:
+    code = (
+        "import importlib.util as u, dgate.core, dgate.export, dgate.frontend, dgate.model_repository\n"
+        "assert all(u.find_spec(n) is None for n in ('frontend', 'export', 'model_repository', 'eval')), 'leak'\n"
+        "import dgate.export.pipeline_export, dgate.frontend.app\n"
+        "print(dgate.frontend.__file__)"
+    )
+    result = _python(code, cwd=tmp_path)  # outside the checkout, so only the installed mapping can resolve
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).parent == ROOT / "frontend"
+
+
+def test_frontend_does_not_import_torch(tmp_path: Path) -> None:
+    result = _python("import sys, dgate.frontend.app, dgate.cli\nassert 'torch' not in sys.modules", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.triton", "Dockerfile.frontend"])
+def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run([hadolint, str(ROOT / dockerfile)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cli_lists_every_subcommand() -> None:
+    result = subprocess.run([str(Path(sys.executable).parent / "dgate"), "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0
+    for command in ("tiny", "export", "triton", "serve", "frontend", "bench"):
+        assert command in result.stdout
