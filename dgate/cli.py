@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -74,9 +75,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dgate.triton_server import TritonServer
 
     ports = _ports(args)
-    with TritonServer(args.model_repository, ports, extra_args=args.triton_arg or ()):
-        overrides = {"triton_url": ports.grpc_url, "host": args.host or "127.0.0.1", "port": args.port or 9000}
-        run(FrontendSettings(**overrides))  # returns on Ctrl-C; leaving the block stops Triton
+
+    def stop_on_sigterm(_signum: int, _frame: object) -> None:
+        # uvicorn shuts down gracefully on SIGTERM, then re-raises it under the previous handler. With
+        # the default one that kills this process before the `with` block below stops tritonserver,
+        # which runs in its own session: it and its stubs would be left running, holding the ports.
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        with TritonServer(args.model_repository, ports, extra_args=args.triton_arg or ()):
+            overrides = {"triton_url": ports.grpc_url, "host": args.host or "127.0.0.1", "port": args.port or 9000}
+            run(FrontendSettings(**overrides))  # returns on Ctrl-C; leaving the block stops Triton
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
