@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Protocol
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
 from dgate.core.tensors import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUT, PIPELINE_MARKER_PARAMETER
 from dgate.frontend.schemas import GenerationParams
@@ -82,11 +84,14 @@ def _status(exc: InferenceServerException) -> str:
     return (exc.status() or "").removeprefix("StatusCode.")
 
 
-def _map_error(exc: InferenceServerException, name: str | None = None) -> EngineError:
+def _map_error(exc: InferenceServerException, name: str | None = None) -> EngineError | InvalidRequestError:
     """tritonclient's exception -> the typed error the HTTP layer maps to a status code."""
     status, message = _status(exc), exc.message() or str(exc)
     if name is not None and (status == "NOT_FOUND" or "is not found" in message):
         return ModelNotFound(name)
+    if status == "INVALID_ARGUMENT":
+        # The pipeline's own checks (tokenizer, denoiser) refused a value: the client's fault, a 400.
+        return InvalidRequestError(re.sub(r"^(\[request id: [^\]]*\] )?in ensemble '[^']*', ", "", message))
     if status == "DEADLINE_EXCEEDED":
         return EngineTimeout(f"Triton did not answer in time: {message}")
     # UNAVAILABLE covers both "connection refused" and a model that is loading/unloaded

@@ -22,6 +22,7 @@ from openai import OpenAI
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
 from dgate.frontend.engine import (
     EngineError,
@@ -601,6 +602,8 @@ def test_docs_and_openapi(base_url: str) -> None:
         ("StatusCode.INVALID_ARGUMENT", "Request for unknown model: 'nope' is not found", ModelNotFound),
         ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", EngineTimeout),
         ("StatusCode.INTERNAL", "denoiser failed: bad latent shape", EngineError),
+        ("StatusCode.INVALID_ARGUMENT", "in ensemble 'tiny-sd', prompt must be a non-empty string",
+         InvalidRequestError),
     ],
 )
 def test_triton_errors_map_to_typed_errors(status: str, message: str, expected: type) -> None:
@@ -608,6 +611,8 @@ def test_triton_errors_map_to_typed_errors(status: str, message: str, expected: 
     assert type(mapped) is expected
     if expected is EngineError:
         assert mapped.message == message
+    if expected is InvalidRequestError:  # a 400 without Triton's ensemble prefix
+        assert mapped.message == "prompt must be a non-empty string"
 
 
 def test_real_triton_engine_with_triton_down_answers_503() -> None:
