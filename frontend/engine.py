@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException
 
 from dgate.core.errors import InvalidRequestError
@@ -101,6 +102,15 @@ def _map_error(exc: InferenceServerException, name: str | None = None) -> Engine
     return EngineError(message)
 
 
+# tritonclient's own defaults (2 GiB messages) plus a short reconnect backoff: gRPC's default grows
+# to 120 s, so after a long Triton outage the frontend would stay unready long after Triton is back.
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
 class TritonImageEngine:
     """`ImageEngine` over Triton's gRPC asyncio client; limits are cached per model."""
 
@@ -115,7 +125,7 @@ class TritonImageEngine:
     def client(self) -> grpcclient.InferenceServerClient:
         # Created lazily: a grpc.aio channel belongs to the event loop it is created in.
         if self._client is None:
-            self._client = grpcclient.InferenceServerClient(self._url)
+            self._client = grpcclient.InferenceServerClient(self._url, channel_args=CHANNEL_ARGS)
         return self._client
 
     async def close(self) -> None:
