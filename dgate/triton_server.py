@@ -241,24 +241,32 @@ class TritonServer:
 def run_foreground(model_repository: Path, ports: TritonPorts, extra_args: Sequence[str] = ()) -> int:
     """`dgate triton`: serve until the server exits; SIGINT/SIGTERM stop it, a second one kills it."""
     server = TritonServer(model_repository, ports, extra_args=extra_args)
-    with server:
-        log.info("Triton ready at http %s, grpc %s, metrics %s",
-                 ports.http_url, ports.grpc_url, ports.metrics_url)
-        received: list[int] = []
+    received: list[int] = []
 
-        def forward(signum: int, _frame: object) -> None:
-            received.append(signum)
-            proc = server.process
-            if proc is not None and proc.poll() is None:
-                log.info("signal %d: stopping tritonserver", signum)
-                if len(received) == 1:
-                    proc.terminate()
-                else:
-                    _kill_group(proc)
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        proc = server.process
+        if proc is not None and proc.poll() is None:
+            log.info("signal %d: stopping tritonserver", signum)
+            if len(received) == 1:
+                proc.terminate()
+            else:
+                _kill_group(proc)
 
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Handlers go in before the start, so a signal that arrives while Triton loads stops it cleanly too.
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
         try:
-            return server.wait()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            server.start()
+        except RuntimeError:
+            if received:  # stopped on purpose while starting
+                return 0
+            raise
+        if received:
+            return 0
+        log.info("Triton ready at http %s, grpc %s, metrics %s", ports.http_url, ports.grpc_url, ports.metrics_url)
+        return server.wait()
+    finally:
+        server.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
