@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="instance kind of native models")
     export.add_argument("--denoiser-instances", type=int, default=4)
     export.add_argument("--component-instances", type=int, default=1)
-    export.add_argument("--max-queue-delay-us", type=int, default=1000)
+    export.add_argument("--max-queue-delay-us", type=int, default=100)
     export.add_argument("--onnx-threads", type=int, default=0)
     export.add_argument("--max-size", type=int, help="largest width/height served (default: 2x the native size)")
     export.add_argument("--default-steps", type=int, help="default steps (default: the pipeline's own)")

@@ -47,8 +47,15 @@ def table(results: Sequence[LevelResult]) -> str:
     return "\n".join(lines)
 
 
-def step_lines(costs: Sequence[StepCost]) -> list[str]:
+def step_lines(costs: Sequence[StepCost], unet_reference_ms: float | None = None) -> list[str]:
     lines = [f"BLS step cost ({METHOD}):"]
+    first = min(costs, key=lambda c: c.concurrency, default=None)
+    if unet_reference_ms is not None and first is not None:
+        lines.append(
+            f"  UNet math alone (same ONNX, batch 2, in this process, Triton idle): {unet_reference_ms:.2f} ms/run; "
+            f"Triton's UNet compute at c={first.concurrency}: {first.unet_ms_per_execution:.2f} ms/execution "
+            f"({first.unet_ms_per_execution - unet_reference_ms:+.2f} ms in the UNet model beyond the math: "
+            "stub IPC, cores shared with other models; not in the overhead below)")
     for c in costs:
         lines.append(
             f"  c={c.concurrency}: denoiser {c.denoiser_ms_per_request:.1f} ms/request = "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
+import operator
 import os
 import tempfile
 from collections.abc import Sequence
@@ -14,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from dgate.bench import report
+from dgate.bench.reference import UnetReference
 from dgate.bench.servers import start_servers
-from dgate.bench.triton_stats import StatsProbe, StepCost
+from dgate.bench.triton_stats import ModelCounters, StatsProbe, StepCost
 from dgate.bench.workload import (
     DiffusersPath,
     FrontendPath,
@@ -66,26 +69,51 @@ async def _served(servers: Any, pipeline: str, component: str, workload: Workloa
         diffs = [int(np.abs((await p.generate(MEASURED_SEED)).astype(int) - reference.astype(int)).max())
                  for p in (triton, frontend)]
         notes.append(f"same request, max pixel difference vs diffusers: triton {diffs[0]}, frontend {diffs[1]}")
+        notes.append("each level: triton and frontend measured in ABBA order over two halves of the same seeds; "
+                     "frontend overhead = frontend p50 / triton p50 - 1 at that concurrency")
 
         probe = StatsProbe(triton.client, pipeline, component)
         results: list[LevelResult] = []
         costs: list[StepCost] = []
-        seeds = range(MEASURED_SEED, MEASURED_SEED + requests)
+        seeds = list(range(MEASURED_SEED, MEASURED_SEED + requests))
+        halves = (seeds[: (requests + 1) // 2], seeds[(requests + 1) // 2:])
+        paths = {report.TRITON: triton, report.FRONTEND: frontend}
         for concurrency in levels:
-            for label, path in ((report.TRITON, triton), (report.FRONTEND, frontend)):
+            # ABBA (triton, frontend, frontend, triton; each half of the seeds): slow drift in the machine's
+            # load, which a shared 2-core box has plenty of, hits both paths alike.
+            runs: dict[str, list[LevelResult]] = {label: [] for label in paths}
+            den, unet = ModelCounters(), ModelCounters()
+            for label, half in ((report.TRITON, 0), (report.FRONTEND, 0), (report.FRONTEND, 1), (report.TRITON, 1)):
+                if not halves[half]:
+                    continue
                 before = await probe.snapshot()
-                results.append(await measure_async(path.generate, seeds, concurrency, label))
+                runs[label].append(await measure_async(paths[label].generate, halves[half], concurrency, label))
                 after = await probe.snapshot()
                 if label == report.TRITON:
-                    costs.append(StepCost.from_deltas(concurrency, workload.steps, after[0] - before[0],
-                                                      after[1] - before[1]))
-                last = results[-1]
-                log.info("%s c=%d: %.2f img/s, p50 %.1f ms", label, concurrency, last.throughput,
-                         last.percentile_ms(50))
+                    den, unet = den + (after[0] - before[0]), unet + (after[1] - before[1])
+            costs.append(StepCost.from_deltas(concurrency, workload.steps, den, unet))
+            for label, parts in runs.items():
+                results.append(functools.reduce(operator.add, parts))
+                log.info("%s c=%d: %.2f img/s, p50 %.1f ms", label, concurrency, results[-1].throughput,
+                         results[-1].percentile_ms(50))
         return results, costs, notes
     finally:
         await frontend.close()
         await triton.close()
+
+
+def _unet_reference(model_dir: Path, spec: PipelineSpec, size: int) -> UnetReference | None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    threads = config.parameters["onnx_threads"].string_value if "onnx_threads" in config.parameters else "0"
+    if not (model_dir / "1" / "model.onnx").is_file():  # a TensorRT plan: nothing to run on this side
+        return None
+    log.info("timing %s in-process (ONNX Runtime) for the UNet-math reference", model_dir.name)
+    reference = UnetReference(model_dir, spec, size, int(threads))
+    reference.measure()
+    return reference
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -95,8 +123,11 @@ def run_bench(args: argparse.Namespace) -> int:
     if not spec_file.is_file():
         raise SystemExit(f"{repository} has no pipeline '{pipeline}' (looked for {spec_file}); "
                          f"export {model_dir} into it first")
-    component = PipelineSpec.load(spec_file).denoiser_component
+    spec = PipelineSpec.load(spec_file)
+    component = spec.denoiser_component
     levels = sorted(set(args.concurrency))
+    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     workload = Workload(steps=args.steps, size=args.size)
     load_before = _load()
     log.info("load average before: %s", load_before)
@@ -110,8 +141,11 @@ def run_bench(args: argparse.Namespace) -> int:
         baseline = diffusers.measure(range(MEASURED_SEED, MEASURED_SEED + args.requests), report.DIFFUSERS)
         log.info("diffusers: %.2f img/s, p50 %.1f ms", baseline.throughput, baseline.percentile_ms(50))
         reference = diffusers.generate(MEASURED_SEED)
+        unet = _unet_reference(repository / f"{pipeline}_{component}", spec, workload.size)
         served, costs, notes = asyncio.run(
             _served(servers, pipeline, component, workload, levels, args.requests, reference))
+        if unet is not None:
+            unet.measure()  # Triton idle again: a second sample, in case the first met a load spike
 
     results = [baseline, *served]
     found = report.targets(results, costs)
@@ -121,6 +155,6 @@ def run_bench(args: argparse.Namespace) -> int:
     for note in notes:
         print(note)
     print(report.table(results))
-    for line in report.step_lines(costs) + report.target_lines(found):
+    for line in report.step_lines(costs, unet.ms if unet is not None else None) + report.target_lines(found):
         print(line)
     return 0

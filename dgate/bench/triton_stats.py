@@ -46,6 +46,9 @@ class ModelCounters:
     def __sub__(self, other: ModelCounters) -> ModelCounters:
         return ModelCounters(*(a - b for a, b in zip(vars(self).values(), vars(other).values(), strict=True)))
 
+    def __add__(self, other: ModelCounters) -> ModelCounters:
+        return ModelCounters(*(a + b for a, b in zip(vars(self).values(), vars(other).values(), strict=True)))
+
 
 @dataclass(frozen=True)
 class StepCost:

@@ -48,6 +48,10 @@ class LevelResult:
     def throughput(self) -> float:
         return len(self.latencies) / self.wall_s
 
+    def __add__(self, other: LevelResult) -> LevelResult:
+        """Two runs of the same level pooled: all latencies, throughput over both walls."""
+        return LevelResult(self.path, self.concurrency, self.latencies + other.latencies, self.wall_s + other.wall_s)
+
     def percentile_ms(self, q: float) -> float:
         return float(np.percentile(np.asarray(self.latencies), q)) * 1000.0
 

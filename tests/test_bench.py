@@ -1,0 +1,49 @@
+"""`dgate bench`, run tiny end to end: it starts its own tritonserver and frontend and prints one table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dgate.cli import main
+
+pytestmark = pytest.mark.slow
+
+COLUMNS = ["path", "concurrency", "img/s", "p50 ms", "p95 ms", "vs diffusers", "frontend overhead"]
+
+
+def _table(output: str) -> list[list[str]]:
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["path", "concurrency"])
+    rows = []
+    for line in lines[start + 2:]:  # header, then a rule of dashes
+        cells = line.split()
+        if len(cells) != len(COLUMNS):
+            break
+        rows.append(cells)
+    return [lines[start].split("  "), *rows]
+
+
+def test_bench_prints_the_table(tiny_models: dict[str, Path], model_repository: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "--model-repository", str(model_repository), "--model", str(tiny_models["tiny-sd"]),
+                 "--concurrency", "1", "--requests", "2", "--steps", "2"])
+    output = capsys.readouterr().out
+    assert code == 0, output
+    header, *rows = _table(output)
+    assert [cell.strip() for cell in header if cell.strip()] == COLUMNS
+    assert [(row[0], row[1]) for row in rows] == [("diffusers", "1"), ("triton", "1"), ("frontend", "1")]
+    for path, _, throughput, p50, p95, ratio, overhead in rows:
+        assert float(throughput) > 0 and 0 < float(p50) <= float(p95), path
+        assert ratio.endswith("x") and float(ratio[:-1]) > 0, path
+        if path == "frontend":
+            assert overhead.endswith("%")
+            float(overhead[:-1])  # a signed percentage: noise can make the frontend look faster
+        else:
+            assert overhead == "-"
+    assert "max pixel difference vs diffusers" in output
+    step_line = next(line for line in output.splitlines() if line.strip().startswith("c=1: denoiser"))
+    assert "overhead" in step_line and "UNet batching 2.00 rows" in step_line  # one CFG request per execution
+    assert "BLS step cost (per-step overhead = " in output
+    assert output.count("[MET]") + output.count("[MISSED]") == 3
