@@ -15,6 +15,7 @@ import triton_python_backend_utils as pb_utils
 
 from dgate.core.denoise import DenoiseParams, denoise
 from dgate.core.pipeline_spec import PipelineSpec
+from dgate.core.schedulers import SchedulerFactory
 from dgate.model_repository.triton_io import ModelArgs, error_response, input_array, input_scalar
 
 
@@ -22,7 +23,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
         self.spec = PipelineSpec.load(model.version_dir / "pipeline.json")
-        self.scheduler_config = json.loads((model.version_dir / "scheduler_config.json").read_text())
+        self.schedulers = SchedulerFactory(json.loads((model.version_dir / "scheduler_config.json").read_text()))
         self.denoiser_model = model.parameter("denoiser_model")
         self.model_inputs = [tensor.name for tensor in self.spec.denoiser_model_inputs]
         # The scheduler math is tiny; the cores belong to the UNet model's instances.
@@ -54,7 +55,7 @@ class TritonPythonModel:
                 )
                 self.spec.limits.validate(**vars(params))
                 latents = denoise(
-                    self.spec, params, self.scheduler_config,
+                    self.spec, params, self.schedulers,
                     input_array(request, "prompt_embeds"), input_array(request, "prompt_attention_mask"),
                     self._predict, is_cancelled=request.is_cancelled,
                 )

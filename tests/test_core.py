@@ -14,7 +14,7 @@ from dgate.core.errors import InvalidRequestError
 from dgate.core.images import to_uint8_images
 from dgate.core.limits import SCHEDULER_NAMES, GenerationLimits
 from dgate.core.pipeline_spec import PipelineSpec
-from dgate.core.schedulers import build_scheduler
+from dgate.core.schedulers import SchedulerFactory, build_scheduler
 from dgate.core.tokenization import PromptTokenizer
 from dgate.export.wrappers import component_module
 
@@ -88,6 +88,17 @@ def test_every_scheduler_builds_from_the_pipeline_config(pipes: dict, name: str)
     assert len(scheduler.timesteps) >= 4
 
 
+def test_scheduler_factory_hands_out_independent_fresh_schedulers(pipes: dict) -> None:
+    factory = SchedulerFactory(dict(pipes["tiny-sd"].scheduler.config))
+    first, second = factory("dpm++"), factory("dpm++")
+    assert first is not second and type(first).__name__ == "DPMSolverMultistepScheduler"
+    first.set_timesteps(4)
+    assert second.timesteps is None or len(second.timesteps) != 4  # the template was not touched
+    np.testing.assert_array_equal(factory("dpm++").config["beta_schedule"], first.config["beta_schedule"])
+    with pytest.raises(InvalidRequestError):
+        factory("lms")
+
+
 def test_unknown_scheduler_is_an_invalid_request() -> None:
     with pytest.raises(InvalidRequestError, match="scheduler must be one of"):
         build_scheduler("lms", {})
@@ -123,7 +134,7 @@ def test_core_loop_with_torch_models_equals_diffusers(pipes: dict, name: str, sc
         def predict(inputs: dict[str, np.ndarray]) -> np.ndarray:
             return model(*(torch.from_numpy(inputs[t.name]) for t in spec.denoiser_model_inputs)).numpy()
 
-        latents = denoise(spec, params, dict(pipe.scheduler.config), embeds, mask, predict)
+        latents = denoise(spec, params, SchedulerFactory(dict(pipe.scheduler.config)), embeds, mask, predict)
         served = to_uint8_images(decoder(torch.from_numpy(latents)).numpy())
 
     pipe.scheduler = build_scheduler(scheduler, dict(pipe.scheduler.config))
@@ -147,6 +158,6 @@ def test_cancellation_stops_the_loop(pipes: dict) -> None:
     params = DenoiseParams(1, 10, 7.5, 0, 64, 64, "euler")
     embeds = np.zeros((2, 77, 32), np.float32)
     with pytest.raises(DenoiseCancelled):
-        denoise(spec, params, dict(pipes["tiny-sd"].scheduler.config), embeds, None, predict,
+        denoise(spec, params, SchedulerFactory(dict(pipes["tiny-sd"].scheduler.config)), embeds, None, predict,
                 is_cancelled=lambda: len(calls) >= 2)
     assert len(calls) == 2

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from dgate.core.pipeline_spec import PipelineSpec
-from dgate.core.schedulers import build_scheduler, step_kwargs
+from dgate.core.schedulers import SchedulerFactory, step_kwargs
 
 Predict = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -50,7 +49,7 @@ def _per_image(rows: np.ndarray, num_images: int, guidance: bool) -> np.ndarray:
 def denoise(
     spec: PipelineSpec,
     params: DenoiseParams,
-    scheduler_config: dict[str, Any],
+    schedulers: SchedulerFactory,
     prompt_embeds: np.ndarray,
     prompt_attention_mask: np.ndarray | None,
     predict: Predict,
@@ -62,7 +61,7 @@ def denoise(
     tokenize -> text_encoder models.
     """
     generator = torch.Generator("cpu").manual_seed(params.seed)
-    scheduler = build_scheduler(params.scheduler, scheduler_config)
+    scheduler = schedulers(params.scheduler)
     scheduler.set_timesteps(params.num_inference_steps)
     shape = spec.latent_shape(params.num_images, params.height, params.width)
     latents = randn_tensor(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
