@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import MAX_SEED, GenerationLimits
+from dgate.core.params import GenerationParams
 
 OPENAI_MAX_IMAGES = 10
 SIZE_PATTERN = re.compile(r"^([1-9][0-9]{0,5})x([1-9][0-9]{0,5})$")
@@ -45,21 +45,6 @@ def steps_for_quality(tier: QualityTier, limits: GenerationLimits) -> int:
     d, cap = limits.default_steps, limits.max_steps
     steps = {"low": (d + 1) // 2, "medium": d, "high": 2 * d, "xhigh": 3 * d, "max": cap}[tier]
     return max(1, min(cap, steps))
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """The values of one ensemble request; field names are the ENSEMBLE_INPUTS tensor names."""
-
-    prompt: str
-    negative_prompt: str
-    num_images: int
-    num_inference_steps: int
-    guidance_scale: float
-    seed: int
-    height: int
-    width: int
-    scheduler: str
 
 
 class ImageGenerationRequest(BaseModel):

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from dgate.core.denoise import DenoiseParams, denoise
+from dgate.core.denoise import denoise
+from dgate.core.params import DenoiseParams
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.schedulers import SchedulerFactory
 from dgate.model_repository.triton_io import ModelArgs, error_response, input_array, input_scalar

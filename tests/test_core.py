@@ -9,10 +9,11 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from dgate.core.denoise import DenoiseParams, denoise
+from dgate.core.denoise import denoise
 from dgate.core.errors import InvalidRequestError
 from dgate.core.images import to_uint8_images
 from dgate.core.limits import SCHEDULER_NAMES, GenerationLimits
+from dgate.core.params import DenoiseParams
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.schedulers import SchedulerFactory, build_scheduler
 from dgate.core.tokenization import PromptTokenizer

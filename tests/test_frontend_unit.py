@@ -233,7 +233,8 @@ def test_lossy_formats_honour_output_compression(client: OpenAI, fmt: str, pil_f
         assert (image.format, image.size) == (pil_format, (256, 128))
         sizes[compression] = len(raw)
         if compression == 95:  # close to the source at high quality
-            source = fake_images(GenerationParams("", "", 1, 1, 0.0, 7, 128, 256, "default"))[0]
+            source = fake_images(GenerationParams(prompt="", negative_prompt="", num_images=1, num_inference_steps=1,
+                                           guidance_scale=0.0, seed=7, height=128, width=256, scheduler="default"))[0]
             assert np.abs(np.asarray(image.convert("RGB")).astype(int) - source).mean() < 3
     assert sizes[5] < sizes[95]
 

@@ -8,12 +8,12 @@ PixArtSigmaPipeline step for step, so the same seed gives the same image as diff
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from dgate.core.params import DenoiseParams
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.schedulers import SchedulerFactory, step_kwargs
 
@@ -22,22 +22,6 @@ Predict = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 class DenoiseCancelled(RuntimeError):
     """The client went away; stop spending compute on it."""
-
-
-@dataclass(frozen=True)
-class DenoiseParams:
-    num_images: int
-    num_inference_steps: int
-    guidance_scale: float
-    seed: int
-    height: int
-    width: int
-    scheduler: str = "default"
-
-    @property
-    def uses_guidance(self) -> bool:
-        # diffusers: do_classifier_free_guidance = guidance_scale > 1
-        return self.guidance_scale > 1.0
 
 
 def _per_image(rows: np.ndarray, num_images: int, guidance: bool) -> np.ndarray:
