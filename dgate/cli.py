@@ -16,10 +16,21 @@ def _add_ports(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
-    from dgate.tiny import TINY_PIPELINES, build_tiny_pipeline
+    if args.full_size:
+        from dgate.full_size import DEFAULT_FULL_SIZE_PIPELINES, FULL_SIZE_PIPELINES, build_full_size_pipeline
 
-    for name in args.name or TINY_PIPELINES:
-        print(build_tiny_pipeline(name, args.out))
+        known, defaults, build = FULL_SIZE_PIPELINES, DEFAULT_FULL_SIZE_PIPELINES, build_full_size_pipeline
+    else:
+        from dgate.tiny import ALL_TINY_PIPELINES, TINY_PIPELINES, build_tiny_pipeline
+
+        known, defaults, build = ALL_TINY_PIPELINES, TINY_PIPELINES, build_tiny_pipeline
+    names = args.name or defaults
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        kind = "full-size" if args.full_size else "tiny"
+        raise SystemExit(f"unknown {kind} pipeline(s) {', '.join(unknown)}; expected one of {', '.join(known)}")
+    for name in names:
+        print(build(name, args.out))
     return 0
 
 
@@ -38,6 +49,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         report = export_pipeline(
             model, args.out, name=args.name[index] if args.name else None, precision=args.precision,
             options=options, max_size=args.max_size, default_steps=args.default_steps,
+            default_scheduler=args.default_scheduler,
         )
         for check in report.checks:
             print(f"{report.spec.name:>16} {check.component:<14} {check.precision}: max abs error "
@@ -103,9 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tiny = sub.add_parser("tiny", help="build the embedded tiny random-weight pipelines (offline)")
+    tiny = sub.add_parser("tiny", help="build the embedded tiny (or full-size) random-weight pipelines (offline)")
     tiny.add_argument("--out", type=Path, default=Path("models"))
-    tiny.add_argument("--name", action="append", help="tiny-sd or tiny-pixart (default: both)")
+    tiny.add_argument("--name", action="append",
+                      help="pipeline to build (repeatable). Tiny: tiny-sd, tiny-pixart, tiny-sdxl, tiny-sd3, "
+                           "tiny-flux (the default: all of these) or tiny-flux-schnell; with --full-size: "
+                           "full-sd15 (the default) or full-sdxl")
+    tiny.add_argument("--full-size", action="store_true",
+                      help="real architectures with random weights (full-sd15: ~4.3 GB, full-sdxl: ~13.9 GB)")
     tiny.set_defaults(func=cmd_tiny)
 
     export = sub.add_parser("export", help="export diffusers pipelines into a Triton model repository")
@@ -120,12 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="python: components run in Python-backend models (CPU build of Triton); "
                              "native: onnxruntime/tensorrt backend configs for the NGC image")
     export.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="instance kind of native models")
-    export.add_argument("--denoiser-instances", type=int, default=4)
+    export.add_argument("--denoiser-instances", type=int, default=1,
+                        help="scheduler-loop instances (each is async and serves many requests at once)")
     export.add_argument("--component-instances", type=int, default=1)
     export.add_argument("--max-queue-delay-us", type=int, default=100)
     export.add_argument("--onnx-threads", type=int, default=0)
     export.add_argument("--max-size", type=int, help="largest width/height served (default: 2x the native size)")
     export.add_argument("--default-steps", type=int, help="default steps (default: the pipeline's own)")
+    export.add_argument("--default-scheduler",
+                        help="scheduler used when a request names none (default: the pipeline's own)")
     export.set_defaults(func=cmd_export)
 
     for name, func, text in (("triton", cmd_triton, "start tritonserver on a model repository"),

@@ -16,18 +16,36 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     PixArtSigmaPipeline,
     PixArtTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
-TINY_PIPELINES: tuple[str, ...] = ("tiny-sd", "tiny-pixart")
+# What `build_tiny_pipelines` (and `dgate tiny`) build by default.
+TINY_PIPELINES: tuple[str, ...] = ("tiny-sd", "tiny-pixart", "tiny-sdxl", "tiny-sd3", "tiny-flux")
+# Everything `build_tiny_pipeline` can build by name: the defaults plus the Flux "schnell" variant.
+ALL_TINY_PIPELINES: tuple[str, ...] = (*TINY_PIPELINES, "tiny-flux-schnell")
 
 SEED = 0
 CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
@@ -95,8 +113,12 @@ def _learn_bpe_merges(words: list[str]) -> list[tuple[str, str]]:
     return merges
 
 
-def build_clip_tokenizer() -> CLIPTokenizer:
-    """A byte-level BPE CLIP tokenizer laid out like OpenAI's: bytes, bytes+</w>, merges, specials."""
+def build_clip_tokenizer(pad_token: str = CLIP_EOS) -> CLIPTokenizer:
+    """A byte-level BPE CLIP tokenizer laid out like OpenAI's: bytes, bytes+</w>, merges, specials.
+
+    `pad_token` is <|endoftext|> as in SD 1.x and every first CLIP tokenizer; SDXL's and SD3's second
+    (OpenCLIP) tokenizer pads with "!", which is byte token 0 here as in the real vocabulary.
+    """
     byte_chars = list(_bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars]
     merges = _learn_bpe_merges(WORDS.split())
@@ -104,14 +126,16 @@ def build_clip_tokenizer() -> CLIPTokenizer:
     vocab: dict[str, int] = {}
     for tok in tokens:  # two merges can spell the same token; it gets one id
         vocab.setdefault(tok, len(vocab))
-    # Pad with <|endoftext|> like SD 1.x, and the 77-token window every SD text encoder has.
+    if pad_token not in vocab:
+        raise ValueError(f"pad token {pad_token!r} is not a single token of the vocabulary")
+    # The 77-token window every SD text encoder has.
     return CLIPTokenizer(
         vocab=vocab,
         merges=merges,
         unk_token=CLIP_EOS,
         bos_token=CLIP_BOS,
         eos_token=CLIP_EOS,
-        pad_token=CLIP_EOS,
+        pad_token=pad_token,
         model_max_length=77,
     )
 
@@ -147,8 +171,14 @@ def _write_bpe_files(tokenizer: CLIPTokenizer, tok_dir: Path) -> None:
     (tok_dir / "merges.txt").write_text("\n".join(merges) + "\n", "utf-8")
 
 
-def _build_vae() -> AutoencoderKL:
-    # Two levels -> a VAE scale factor of 2 and the usual 4 latent channels.
+def _build_vae(
+    latent_channels: int = 4,
+    scaling_factor: float = 0.18215,
+    shift_factor: float | None = None,
+    quant_convs: bool = True,
+) -> AutoencoderKL:
+    # Two levels -> a VAE scale factor of 2. SD 1.x/SDXL: 4 latent channels and quant convs; SD3 and
+    # Flux: 16 channels, a shift as well as a scale, and no quant convs.
     torch.manual_seed(SEED)
     return AutoencoderKL(
         block_out_channels=[32, 64],
@@ -156,29 +186,75 @@ def _build_vae() -> AutoencoderKL:
         out_channels=3,
         down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
         up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
+        latent_channels=latent_channels,
         sample_size=64,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=quant_convs,
+        use_post_quant_conv=quant_convs,
+    )
+
+
+def _clip_text_encoder(
+    tokenizer: CLIPTokenizer, seed: int = SEED, projection_dim: int | None = None, hidden_act: str = "quick_gelu"
+) -> CLIPTextModel | CLIPTextModelWithProjection:
+    """A 32-wide CLIP text encoder; with `projection_dim` the pooled output is projected (text_embeds)."""
+    extra = {} if projection_dim is None else {"projection_dim": projection_dim}
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        max_position_embeddings=77,
+        hidden_act=hidden_act,  # quick_gelu: OpenAI's CLIP-L; gelu: OpenCLIP's bigG (SDXL's/SD3's second)
+        layer_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,  # CLIP pools the hidden state at the first eos
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+    torch.manual_seed(seed)
+    return CLIPTextModel(config) if projection_dim is None else CLIPTextModelWithProjection(config)
+
+
+def _t5_encoder(tokenizer: T5Tokenizer, d_model: int = 32, seed: int = SEED) -> T5EncoderModel:
+    """A 2-layer T5 v1.1 encoder (gated-gelu, as T5-XXL in PixArt, SD3 and Flux) of width `d_model`."""
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=d_model // 4,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return T5EncoderModel(config)
+
+
+def _sd_euler_scheduler() -> EulerDiscreteScheduler:
+    # SD 1.5's and SDXL base 1.0's noise schedule (SDXL ships exactly this Euler config).
+    return EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        interpolation_type="linear",
+        use_karras_sigmas=False,
+        timestep_spacing="leading",
+        steps_offset=1,
     )
 
 
 def _build_sd() -> StableDiffusionPipeline:
     tokenizer = build_clip_tokenizer()
-    torch.manual_seed(SEED)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=3,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            layer_norm_eps=1e-5,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,  # CLIP pools the hidden state at the first eos
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = _clip_text_encoder(tokenizer)
     torch.manual_seed(SEED)
     unet = UNet2DConditionModel(
         sample_size=32,
@@ -194,21 +270,12 @@ def _build_sd() -> StableDiffusionPipeline:
         attention_head_dim=8,  # diffusers' (misnamed) head count, as in SD 1.5
     )
     # SD 1.5's noise schedule, with the Euler sampler most deployments use.
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="epsilon",
-        timestep_spacing="leading",
-        steps_offset=1,
-    )
     return StableDiffusionPipeline(
         vae=_build_vae(),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=_sd_euler_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -217,22 +284,7 @@ def _build_sd() -> StableDiffusionPipeline:
 
 def _build_pixart() -> PixArtSigmaPipeline:
     tokenizer = build_t5_tokenizer()
-    torch.manual_seed(SEED)
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            feed_forward_proj="gated-gelu",  # T5 v1.1, which PixArt's T5-XXL is
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = _t5_encoder(tokenizer, d_model=32)
     torch.manual_seed(SEED)
     transformer = PixArtTransformer2DModel(
         sample_size=32,  # 128 would switch on PixArt-Alpha's resolution/aspect conditioning
@@ -272,24 +324,146 @@ def _build_pixart() -> PixArtSigmaPipeline:
     )
 
 
-_BUILDERS = {"tiny-sd": _build_sd, "tiny-pixart": _build_pixart}
+def _build_sdxl() -> StableDiffusionXLPipeline:
+    tokenizer = build_clip_tokenizer()
+    tokenizer_2 = build_clip_tokenizer(pad_token="!")  # OpenCLIP's tokenizer pads with "!" (id 0)
+    # SDXL takes the penultimate hidden states of both encoders, concatenated (32 + 32), and the
+    # second one's projected pooled output (32) for the added "text_time" embedding.
+    text_encoder = _clip_text_encoder(tokenizer, seed=SEED)
+    text_encoder_2 = _clip_text_encoder(tokenizer_2, seed=SEED + 1, projection_dim=32, hidden_act="gelu")
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(  # diffusers' SDXL fast-test UNet
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        # 6 size/crop conditioning numbers x addition_time_embed_dim + text_encoder_2's projection_dim
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=32 + 32,
+    )
+    return StableDiffusionXLPipeline(
+        vae=_build_vae(scaling_factor=0.13025),  # SDXL's VAE scale
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=_sd_euler_scheduler(),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+
+
+def _build_sd3() -> StableDiffusion3Pipeline:
+    tokenizer = build_clip_tokenizer()
+    tokenizer_2 = build_clip_tokenizer(pad_token="!")
+    tokenizer_3 = build_t5_tokenizer()
+    # Two projected CLIPs (pooled 32 + 32 = pooled_projection_dim) and a T5 whose width (64) is the
+    # joint attention width: SD3 zero-pads the concatenated CLIP hidden states (32 + 32) up to it.
+    text_encoder = _clip_text_encoder(tokenizer, seed=SEED, projection_dim=32)
+    text_encoder_2 = _clip_text_encoder(tokenizer_2, seed=SEED + 1, projection_dim=32, hidden_act="gelu")
+    text_encoder_3 = _t5_encoder(tokenizer_3, d_model=64, seed=SEED + 2)
+    torch.manual_seed(SEED)
+    transformer = SD3Transformer2DModel(
+        sample_size=32,  # the default 64x64 image
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,  # = T5 d_model
+        caption_projection_dim=32,  # = heads * head_dim
+        pooled_projection_dim=64,  # = 32 + 32
+        pos_embed_max_size=96,  # patches per side: up to 384x384 images
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),  # SD3-medium's
+        vae=_build_vae(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, quant_convs=False),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )
+
+
+def _build_flux(schnell: bool = False) -> FluxPipeline:
+    tokenizer = build_clip_tokenizer()
+    tokenizer_2 = build_t5_tokenizer()
+    text_encoder = _clip_text_encoder(tokenizer, seed=SEED)  # Flux uses its pooled output only
+    text_encoder_2 = _t5_encoder(tokenizer_2, d_model=32, seed=SEED + 2)
+    torch.manual_seed(SEED)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,  # 16 latent channels packed 2x2
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,  # = T5 d_model
+        pooled_projection_dim=32,  # = CLIP hidden size
+        guidance_embeds=not schnell,  # dev is guidance-distilled; schnell is timestep-distilled
+        axes_dims_rope=(4, 4, 8),  # sums to attention_head_dim
+    )
+    # FLUX.1-dev's scheduler shifts with the image size; FLUX.1-schnell's does not shift at all.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=1.0 if schnell else 3.0,
+        use_dynamic_shifting=not schnell,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=_build_vae(latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159, quant_convs=False),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
+_BUILDERS = {
+    "tiny-sd": _build_sd,
+    "tiny-pixart": _build_pixart,
+    "tiny-sdxl": _build_sdxl,
+    "tiny-sd3": _build_sd3,
+    "tiny-flux": _build_flux,
+    "tiny-flux-schnell": lambda: _build_flux(schnell=True),
+}
+assert tuple(_BUILDERS) == ALL_TINY_PIPELINES
 
 
 def build_tiny_pipeline(name: str, out_dir: Path) -> Path:
-    """Build the tiny pipeline `name`, save it to `out_dir / name` and return that path."""
+    """Build the tiny pipeline `name` (any of ALL_TINY_PIPELINES), save it to `out_dir / name`, return that path."""
     if name not in _BUILDERS:
-        raise ValueError(f"unknown tiny pipeline {name!r}; expected one of {', '.join(TINY_PIPELINES)}")
+        raise ValueError(f"unknown tiny pipeline {name!r}; expected one of {', '.join(ALL_TINY_PIPELINES)}")
     path = Path(out_dir) / name
     # Seed a forked RNG so building neither depends on nor disturbs the caller's random state.
     with torch.random.fork_rng(devices=[]):
-        pipe = _BUILDERS[name]()
+        pipe: DiffusionPipeline = _BUILDERS[name]()
     pipe.save_pretrained(path, safe_serialization=True)
-    if isinstance(pipe.tokenizer, CLIPTokenizer):
-        _write_bpe_files(pipe.tokenizer, path / "tokenizer")
+    for component, value in pipe.components.items():  # tokenizer, and tokenizer_2 where there is one
+        if isinstance(value, CLIPTokenizer):
+            _write_bpe_files(value, path / component)
     logger.info("built %s at %s", name, path)
     return path
 
 
-def build_tiny_pipelines(out_dir: Path) -> list[Path]:
-    """Build every tiny pipeline under `out_dir`."""
-    return [build_tiny_pipeline(name, out_dir) for name in TINY_PIPELINES]
+def build_tiny_pipelines(out_dir: Path, names: tuple[str, ...] = TINY_PIPELINES) -> list[Path]:
+    """Build the tiny pipelines `names` (by default TINY_PIPELINES) under `out_dir`."""
+    return [build_tiny_pipeline(name, out_dir) for name in names]

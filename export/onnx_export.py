@@ -1,20 +1,27 @@
-"""Export one wrapped component to ONNX and check it against PyTorch in ONNX Runtime."""
+"""Export one wrapped component to ONNX and check it against PyTorch in ONNX Runtime.
+
+Models of any size: a graph whose weights pass protobuf's 2 GB limit (the SD 1.5 UNet in FP32 is
+3.4 GB; every SDXL/SD3/Flux denoiser) keeps them in one external-data file, `model.onnx.data`,
+beside `model.onnx`; export returns every file of the model so the repository writer moves all of them.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from dgate.core.errors import ExportError
+from dgate.core.families import family_of
+from dgate.core.onnx_session import create_session
 from dgate.core.pipeline_spec import PipelineSpec
-from dgate.core.tensors import TensorSpec
 from dgate.export.onnx_fixes import drop_dynamic_squeeze_branches
 
 logger = logging.getLogger(__name__)
@@ -22,7 +29,10 @@ logger = logging.getLogger(__name__)
 OPSET = 17
 # Max abs error allowed between ONNX Runtime and PyTorch, relative to the output's magnitude.
 TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2}
-ONNX_PROTO_LIMIT = 2**31 - 1  # protobuf's 2 GB: bigger models keep their weights beside the graph
+MODEL_FILE = "model.onnx"
+EXTERNAL_DATA_FILE = "model.onnx.data"
+# protobuf's hard limit is 2 GiB for the whole graph; weights beyond this go to the external file.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 @dataclass(frozen=True)
@@ -38,89 +48,110 @@ class VerifyResult:
         return self.max_abs_error <= self.tolerance * max(1.0, self.reference_scale)
 
 
-def _concrete_dims(tensor: TensorSpec, spec: PipelineSpec, height: int, width: int) -> tuple[int, ...]:
-    """Dims for a sample input: spatial -1s become the latent (or, for images, pixel) size."""
-    scale = 1 if tensor.name == "image" else spec.vae_scale_factor
-    spatial = iter((height // scale, width // scale))
-    return tuple(next(spatial) if d == -1 else d for d in tensor.dims)
-
-
-def sample_inputs(
-    pipe: object, spec: PipelineSpec, component: str, batch: int, height: int, width: int, seed: int
-) -> dict[str, torch.Tensor]:
+def sample_inputs(spec: PipelineSpec, component: str, batch: int, height: int, width: int, seed: int,
+                  t5_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Random inputs of the component's tensors at a concrete image size (and T5 prompt length)."""
+    family = family_of(spec)
+    sizes = family.axis_sizes(spec, height, width, t5_length)
     generator = torch.Generator().manual_seed(seed)
     inputs: dict[str, torch.Tensor] = {}
-    for tensor in spec.component_io(component)[0]:
-        shape = (batch, *_concrete_dims(tensor, spec, height, width))
+    for tensor in family.component_io(spec, component)[0]:
+        shape = tensor.concrete_shape(batch, sizes)
         if tensor.name == "input_ids":
-            inputs[tensor.name] = torch.randint(0, pipe.text_encoder.config.vocab_size, shape, generator=generator)
+            vocab = spec.text_encoder(component).vocab_size
+            inputs[tensor.name] = torch.randint(0, vocab, shape, generator=generator)
         elif tensor.name.endswith("attention_mask"):
             mask = torch.ones(shape, dtype=torch.int64)
             mask[:, shape[1] // 2 :] = 0  # a padded tail, like a short prompt
             inputs[tensor.name] = mask
         elif tensor.name == "timestep":
-            inputs[tensor.name] = torch.randint(0, 1000, shape, generator=generator).float()
+            steps = torch.randint(0, 1000, (batch,), generator=generator)
+            inputs[tensor.name] = torch.from_numpy(np.concatenate([family.timestep_input(t, 1) for t in steps]))
+        elif tensor.name == "guidance":
+            inputs[tensor.name] = torch.full(shape, 3.5)
         else:
             inputs[tensor.name] = torch.randn(shape, generator=generator)
     return inputs
 
 
-def _dynamic_axes(tensors: tuple[TensorSpec, ...]) -> dict[str, dict[int, str]]:
-    axes = {}
-    for tensor in tensors:
-        names = iter(("height", "width"))
-        axes[tensor.name] = {0: "batch"} | {i + 1: next(names) for i, d in enumerate(tensor.dims) if d == -1}
-    return axes
+def _weights_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
+
+
+def save_onnx(model: onnx.ModelProto, directory: Path, threshold: int = EXTERNAL_DATA_THRESHOLD) -> dict[str, Path]:
+    """Save as `directory/model.onnx`, weights in `model.onnx.data` beyond `threshold` bytes.
+
+    Returns the model's files by name (what the repository writer must move).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / MODEL_FILE
+    external = _weights_bytes(model) > threshold
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=EXTERNAL_DATA_FILE, size_threshold=1024)
+    files = {MODEL_FILE: path}
+    if external:
+        files[EXTERNAL_DATA_FILE] = directory / EXTERNAL_DATA_FILE
+    return files
 
 
 def export_onnx(module: nn.Module, spec: PipelineSpec, component: str, inputs: dict[str, torch.Tensor],
-                path: Path) -> Path:
-    """Trace `module` to `path` (opset 17, dynamic batch and spatial axes)."""
-    input_specs, output_specs = spec.component_io(component)
-    path.parent.mkdir(parents=True, exist_ok=True)
+                directory: Path, threshold: int = EXTERNAL_DATA_THRESHOLD) -> dict[str, Path]:
+    """Trace `module` into `directory` (opset 17, dynamic batch and named axes); returns its files."""
+    input_specs, output_specs = family_of(spec).component_io(spec, component)
+    raw = directory / "traced"  # the exporter writes one file per weight for >2 GB models
+    raw.mkdir(parents=True, exist_ok=True)
+    axes = {t.name: t.dynamic_axes() for t in (*input_specs, *output_specs)}
     with torch.inference_mode():
         torch.onnx.export(
             module,
             tuple(inputs[t.name] for t in input_specs),
-            str(path),
+            str(raw / MODEL_FILE),
             input_names=[t.name for t in input_specs],
             output_names=[t.name for t in output_specs],
-            dynamic_axes=_dynamic_axes(input_specs + output_specs),
+            dynamic_axes=axes,
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,  # the dynamo exporter is slower here and fails on quantized models
         )
-    model = onnx.load(str(path), load_external_data=False)
-    if drop_dynamic_squeeze_branches(model):
-        onnx.save_model(model, str(path))
-    return path
+    model = onnx.load(str(raw / MODEL_FILE))  # with its external weights, if any
+    drop_dynamic_squeeze_branches(model)
+    files = save_onnx(model, directory, threshold)
+    del model
+    shutil.rmtree(raw)
+    return files
 
 
-def convert_to_fp16(fp32_path: Path, fp16_path: Path) -> Path:
+def convert_to_fp16(fp32_path: Path, directory: Path, threshold: int = EXTERNAL_DATA_THRESHOLD) -> dict[str, Path]:
     """FP16 weights and math with FP32 inputs/outputs, so Triton configs stay the same."""
     # ONNX Runtime's maintained copy of the converter (onnxconverter-common's mistypes Cast outputs).
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
-    large = model.ByteSize() > ONNX_PROTO_LIMIT
-    onnx.save_model(model, str(fp16_path), save_as_external_data=large)
-    return fp16_path
+    model = onnx.load(str(fp32_path))
+    # ONNX shape inference serialises the model: impossible past 2 GB, and not needed for the cast.
+    large = _weights_bytes(model) > threshold
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=large)
+    return save_onnx(model, directory, threshold)
+
+
+def _as_tuple(output: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(output) if isinstance(output, tuple | list) else (output,)
 
 
 def verify_onnx(module: nn.Module, path: Path, component: str, precision: str,
                 input_sets: list[dict[str, torch.Tensor]]) -> VerifyResult:
-    """Compare ONNX Runtime with PyTorch on each input set; raise ExportError beyond the tolerance."""
-    options = ort.SessionOptions()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """Compare ONNX Runtime with PyTorch on each input set (every output); raise ExportError beyond
+    the tolerance."""
+    session = create_session(path)
     error, scale = 0.0, 0.0
     for inputs in input_sets:
         with torch.inference_mode():
-            reference = module(*inputs.values()).float().numpy()
-        actual = session.run(None, {name: t.numpy() for name, t in inputs.items()})[0]
-        if actual.shape != reference.shape:
-            raise ExportError(f"{component}: ONNX output shape {actual.shape} != PyTorch {reference.shape}")
-        error = max(error, float(np.max(np.abs(actual.astype(np.float32) - reference))))
-        scale = max(scale, float(np.max(np.abs(reference))))
+            references = [r.float().numpy() for r in _as_tuple(module(*inputs.values()))]
+        actuals = session.run(None, {name: t.numpy() for name, t in inputs.items()})
+        for reference, actual in zip(references, actuals, strict=True):
+            if actual.shape != reference.shape:
+                raise ExportError(f"{component}: ONNX output shape {actual.shape} != PyTorch {reference.shape}")
+            error = max(error, float(np.max(np.abs(actual.astype(np.float32) - reference))))
+            scale = max(scale, float(np.max(np.abs(reference))))
     result = VerifyResult(component, precision, error, scale, TOLERANCE[precision])
     logger.info("%s (%s): max abs error %.3g vs PyTorch (output scale %.3g)", component, precision, error, scale)
     if not result.ok:
@@ -129,3 +160,4 @@ def verify_onnx(module: nn.Module, path: Path, component: str, precision: str,
             f"(allowed {result.tolerance} x max(1, {scale:.3g}))"
         )
     return result
+

@@ -12,9 +12,19 @@ from diffusers import DiffusionPipeline
 from tqdm import tqdm
 
 from dgate.core.errors import ExportError
+from dgate.core.families import spec_from_pipeline
 from dgate.core.pipeline_spec import PipelineSpec
-from dgate.export.onnx_export import VerifyResult, convert_to_fp16, export_onnx, sample_inputs, verify_onnx
-from dgate.export.repository import PIPELINE_FILE, SCHEDULER_FILE, TOKENIZER_DIR, model_shim, write_model
+from dgate.core.tokenization import save_prompt_tokenizer
+from dgate.export.onnx_export import (
+    EXTERNAL_DATA_THRESHOLD,
+    MODEL_FILE,
+    VerifyResult,
+    convert_to_fp16,
+    export_onnx,
+    sample_inputs,
+    verify_onnx,
+)
+from dgate.export.repository import PIPELINE_FILE, SCHEDULER_FILE, model_shim, write_model
 from dgate.export.tensorrt_build import build_engine, profile_shapes
 from dgate.export.triton_config import (
     ServingOptions,
@@ -27,6 +37,7 @@ from dgate.export.triton_config import (
 from dgate.export.wrappers import component_module
 
 logger = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -53,17 +64,24 @@ def export_pipeline(
     options: ServingOptions | None = None,
     max_size: int | None = None,
     default_steps: int | None = None,
+    default_scheduler: str | None = None,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
 ) -> ExportReport:
+    """Export every component of `model`, check each against PyTorch, and write its Triton models."""
     options = options or ServingOptions()
-    if precision not in ("fp32", "fp16"):
+    if precision not in PRECISIONS:
         raise ExportError(f"precision must be fp32 or fp16, got {precision!r}")
     if options.engine == "tensorrt" and options.triton_backend != "native":
         raise ExportError("TensorRT engines are served by Triton's native tensorrt backend: "
                           "use --triton-backend native")
     pipe = load_pipeline(model)
-    spec = PipelineSpec.from_pipeline(pipe, name or pipeline_name(model), max_size=max_size,
-                                      default_steps=default_steps)
+    try:
+        spec = spec_from_pipeline(pipe, name or pipeline_name(model), max_size=max_size, default_steps=default_steps,
+                                  precision=precision, default_scheduler=default_scheduler)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
     limits = spec.limits
+    t5_length = limits.default_max_sequence_length
     checks = []
     repository.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=repository, prefix=f".export-{spec.name}.") as scratch_root:
@@ -74,36 +92,40 @@ def export_pipeline(
             module = component_module(pipe, spec, component)
             # Trace off the native size: DiTs then compute their position embedding from the input
             # size instead of baking in the stored table, so the graph stays valid at every size.
-            onnx_path = export_onnx(
-                module, spec, component,
-                sample_inputs(pipe, spec, component, 2, limits.default_height,
-                              limits.default_width + limits.size_multiple, seed=0),
-                scratch / component / "fp32" / "model.onnx",
-            )
-            # Check at other batch sizes and at the native and a non-square size (the dynamic axes).
+            trace_inputs = sample_inputs(spec, component, 2, limits.default_height,
+                                         limits.default_width + limits.size_multiple, seed=0)
+            files = export_onnx(module, spec, component, trace_inputs, scratch / component / "fp32",
+                                external_data_threshold)
+            # Check at other batch sizes, at the native and a non-square size, and at a shorter T5
+            # prompt: the dynamic axes.
             checks_inputs = [
-                sample_inputs(pipe, spec, component, 3, limits.default_height, limits.default_width, seed=1),
-                sample_inputs(pipe, spec, component, 1, limits.default_height + 2 * limits.size_multiple,
-                              limits.default_width, seed=2),
+                sample_inputs(spec, component, 3, limits.default_height, limits.default_width, seed=1),
+                sample_inputs(spec, component, 1, limits.default_height + 2 * limits.size_multiple,
+                              limits.default_width, seed=2, t5_length=max(1, t5_length // 2)),
             ]
-            checks.append(verify_onnx(module, onnx_path, component, "fp32", checks_inputs))
-            # T5 overflows in FP16 (diffusers keeps it in FP32/BF16), so T5 text encoders stay FP32.
-            if precision == "fp16" and not (component == "text_encoder" and spec.uses_attention_mask):
-                onnx_path = convert_to_fp16(onnx_path, scratch / component / "model.onnx")
-                checks.append(verify_onnx(module, onnx_path, component, "fp16", checks_inputs))
-            files: dict[str, Path | str] = {"model.onnx": onnx_path}
+            checks.append(verify_onnx(module, files[MODEL_FILE], component, "fp32", checks_inputs))
+            if spec.precision(component) == "fp16":
+                files = convert_to_fp16(files[MODEL_FILE], scratch / component / "fp16", external_data_threshold)
+                checks.append(verify_onnx(module, files[MODEL_FILE], component, "fp16", checks_inputs))
+            del module
+            component_files: dict[str, Path | str] = dict(files)
             if options.engine == "tensorrt":
                 config = component_config(spec, component, options)
-                shapes = profile_shapes(spec, spec.component_io(component)[0], config.max_batch_size)
-                files = {"model.plan": build_engine(onnx_path, scratch / component / "model.plan", shapes)}
+                shapes = profile_shapes(spec, component, config.max_batch_size)
+                plan = build_engine(files[MODEL_FILE], scratch / component / "model.plan", shapes,
+                                    fp16=spec.precision(component) == "fp16")
+                component_files = {"model.plan": plan}
             if options.triton_backend == "python":
-                files["model.py"] = model_shim("component_model", f"{spec.name} {component}")
-            write_model(repository, component_config(spec, component, options), files)
+                component_files["model.py"] = model_shim("component_model", f"{spec.name} {component}")
+            write_model(repository, component_config(spec, component, options), component_files)
 
-        pipe.tokenizer.save_pretrained(scratch / TOKENIZER_DIR)
         spec_json = spec.to_json()
-        write_model(repository, tokenize_config(spec), {
-            TOKENIZER_DIR: scratch / TOKENIZER_DIR,
+        tokenizer_files: dict[str, Path | str] = {
+            encoder.tokenizer: save_prompt_tokenizer(getattr(pipe, encoder.tokenizer),
+                                                     scratch / "tokenizers" / encoder.tokenizer).parent
+            for encoder in spec.text_encoders
+        }
+        write_model(repository, tokenize_config(spec, options), tokenizer_files | {
             PIPELINE_FILE: spec_json,
             "model.py": model_shim("tokenizer_model", f"{spec.name} tokenizer"),
         })
@@ -112,15 +134,9 @@ def export_pipeline(
             SCHEDULER_FILE: pipe.scheduler.to_json_string(),
             "model.py": model_shim("denoiser_model", f"{spec.name} scheduler loop"),
         })
-        write_model(repository, postprocess_config(spec), {
+        write_model(repository, postprocess_config(spec, options), {
             "model.py": model_shim("postprocess_model", f"{spec.name} postprocess"),
         })
         write_model(repository, ensemble_config(spec), {})
     logger.info("exported %s to %s", spec.name, repository)
     return ExportReport(spec=spec, checks=tuple(checks))
-
-
-def pipe_module(pipe: DiffusionPipeline, spec: PipelineSpec, component: str) -> torch.nn.Module:
-    from export.wrappers import component_module
-
-    return component_module(pipe, spec, component)

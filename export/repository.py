@@ -17,7 +17,6 @@ logger = logging.getLogger(__name__)
 
 PIPELINE_FILE = "pipeline.json"
 SCHEDULER_FILE = "scheduler_config.json"
-TOKENIZER_DIR = "tokenizer"
 
 # Triton Python models are one-line shims onto the installed package, so the code that runs in
 # Triton is the same code the CLIs and tests import (no copies in the repository).

@@ -11,30 +11,28 @@ import logging
 from pathlib import Path
 
 from dgate.core.errors import ExportError
+from dgate.core.families import family_of
 from dgate.core.pipeline_spec import PipelineSpec
-from dgate.core.tensors import TensorSpec
 
 logger = logging.getLogger(__name__)
 Shape = tuple[int, ...]
 
 
-def profile_shapes(spec: PipelineSpec, tensors: tuple[TensorSpec, ...], max_batch_size: int
+def profile_shapes(spec: PipelineSpec, component: str, max_batch_size: int
                    ) -> dict[str, tuple[Shape, Shape, Shape]]:
-    """(min, opt, max) shape per input: batch 1 / 2 / max, spatial min / default / max size."""
-    limits = spec.limits
-    sizes = {
-        "min": (1, limits.min_size, limits.min_size),
-        "opt": (min(2, max_batch_size), limits.default_height, limits.default_width),
-        "max": (max_batch_size, limits.max_height, limits.max_width),
-    }
+    """(min, opt, max) shape per input: batch 1 / 2 / max; image size min / default / max; T5 prompt
+    length 1 / default / max_sequence_length."""
+    family, limits = family_of(spec), spec.limits
+    levels = (
+        (1, limits.min_size, limits.min_size, 1),
+        (min(2, max_batch_size), limits.default_height, limits.default_width, limits.default_max_sequence_length),
+        (max_batch_size, limits.max_height, limits.max_width, limits.max_sequence_length),
+    )
     shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
-    for tensor in tensors:
-        per_level = []
-        for batch, height, width in sizes.values():
-            scale = 1 if tensor.name == "image" else spec.vae_scale_factor
-            spatial = iter((height // scale, width // scale))
-            per_level.append((batch, *(next(spatial) if d == -1 else d for d in tensor.dims)))
-        shapes[tensor.name] = tuple(per_level)  # type: ignore[assignment]
+    for tensor in family.component_io(spec, component)[0]:
+        minimum, optimum, maximum = (tensor.concrete_shape(batch, family.axis_sizes(spec, h, w, t5))
+                                     for batch, h, w, t5 in levels)
+        shapes[tensor.name] = (minimum, optimum, maximum)
     return shapes
 
 

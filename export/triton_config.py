@@ -7,16 +7,19 @@ from dataclasses import dataclass
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from dgate.core.pipeline_spec import PipelineSpec
+from dgate.core.families import family_of
+from dgate.core.pipeline_spec import PipelineSpec, TextEncoderSpec
 from dgate.core.tensors import (
     ENSEMBLE_INPUTS,
     ENSEMBLE_OUTPUT,
-    PIPELINE_FAMILY_PARAMETER,
     PIPELINE_MARKER_PARAMETER,
+    TEXT_INPUTS,
     TensorSpec,
 )
 
-GENERATION_PARAMETERS = tuple(t for t in ENSEMBLE_INPUTS if t.name not in ("prompt", "negative_prompt"))
+# What the denoiser takes besides the encoded prompt: every request value except the prompt text.
+DENOISE_PARAMETERS = tuple(t for t in ENSEMBLE_INPUTS if t.name != "prompt")
+PROMPT_ROWS = 2  # [negative prompt, prompt]
 
 
 @dataclass(frozen=True)
@@ -26,8 +29,11 @@ class ServingOptions:
     triton_backend: str = "python"  # "python" (CPU build, ORT/TensorRT inside Python models) | "native"
     engine: str = "onnxruntime"  # "onnxruntime" | "tensorrt"
     device: str = "cpu"  # where native component models run: "cpu" | "gpu"
-    denoiser_instances: int = 4  # concurrent requests whose steps can share one UNet batch
+    # The denoiser is async (many requests in flight per instance), so one instance keeps the UNet's
+    # batches full; each instance is a process holding torch + diffusers (~230 MB).
+    denoiser_instances: int = 1
     component_instances: int = 1
+    helper_instances: int = 1  # tokenizer and postprocess models: microseconds of work per request
     max_queue_delay_us: int = 100  # CPU: UNet cost is linear in batch, so waiting buys nothing (dgate bench)
     onnx_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
 
@@ -54,8 +60,9 @@ def _python_model(name: str, inputs, outputs, max_batch_size: int, instances: in
 
 def component_config(spec: PipelineSpec, component: str, options: ServingOptions) -> mc.ModelConfig:
     """A UNet/transformer, text encoder or VAE model: batched, so concurrent requests share runs."""
-    inputs, outputs = spec.component_io(component)
-    max_batch_size = spec.limits.max_images * (2 if component in ("text_encoder", spec.denoiser_component) else 1)
+    inputs, outputs = family_of(spec).component_io(spec, component)
+    rows_per_image = 1 if component.startswith("vae") else PROMPT_ROWS  # CFG: uncond + cond
+    max_batch_size = spec.limits.max_images * rows_per_image
     name = model_name(spec.name, component)
     if options.triton_backend == "python":
         config = _python_model(name, inputs, outputs, max_batch_size, options.component_instances,
@@ -73,41 +80,59 @@ def component_config(spec: PipelineSpec, component: str, options: ServingOptions
     return config
 
 
-def tokenize_config(spec: PipelineSpec) -> mc.ModelConfig:
-    rows = (2, spec.text_max_length)  # negative prompt, prompt
-    return _python_model(
-        model_name(spec.name, "tokenize"),
-        ENSEMBLE_INPUTS[:2],
-        (TensorSpec("input_ids", "TYPE_INT64", rows), TensorSpec("attention_mask", "TYPE_INT64", rows)),
-        max_batch_size=0, instances=2, parameters={},
-    )
+def _token_rows(encoder: TextEncoderSpec) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    length = encoder.inputs[0]
+    return (PROMPT_ROWS, *length.dims), length.axes
+
+
+def tokenize_outputs(spec: PipelineSpec) -> tuple[TensorSpec, ...]:
+    """`<encoder>_input_ids` and `<encoder>_attention_mask`, [2, length] for every text encoder."""
+    tensors: tuple[TensorSpec, ...] = ()
+    for encoder in spec.text_encoders:
+        dims, axes = _token_rows(encoder)
+        tensors += (TensorSpec(f"{encoder.component}_input_ids", "TYPE_INT64", dims, axes),
+                    TensorSpec(f"{encoder.component}_attention_mask", "TYPE_INT64", dims, axes))
+    return tensors
+
+
+def encoded_prompt_inputs(spec: PipelineSpec) -> tuple[TensorSpec, ...]:
+    """What the denoiser receives of the prompt: each encoder's outputs and its token mask."""
+    tensors: tuple[TensorSpec, ...] = ()
+    for encoder in spec.text_encoders:
+        dims, axes = _token_rows(encoder)
+        # Rows stay -1 here: the encoder model returns them with its batch dimension.
+        tensors += tuple(TensorSpec(f"{encoder.component}_{t.name}", t.dtype, (-1, *t.dims), ("rows", *t.axes))
+                         for t in encoder.outputs)
+        tensors += (TensorSpec(f"{encoder.component}_attention_mask", "TYPE_INT64", dims, axes),)
+    return tensors
+
+
+def tokenize_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConfig:
+    inputs = tuple(t for t in ENSEMBLE_INPUTS if t.name in TEXT_INPUTS)
+    return _python_model(model_name(spec.name, "tokenize"), inputs, tokenize_outputs(spec), max_batch_size=0,
+                         instances=options.helper_instances, parameters={})
 
 
 def denoiser_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConfig:
-    inputs = (
-        TensorSpec("prompt_embeds", "TYPE_FP32", (-1, spec.text_max_length, spec.text_hidden_size)),
-        TensorSpec("prompt_attention_mask", "TYPE_INT64", (-1, spec.text_max_length)),
-        *GENERATION_PARAMETERS,
-    )
-    outputs = (TensorSpec("latents", "TYPE_FP32", (-1, spec.latent_channels, -1, -1)),)
+    outputs = (TensorSpec("latents", "TYPE_FP32", (-1, spec.latent_channels, -1, -1), ("images", "lh", "lw")),)
     return _python_model(
-        model_name(spec.name, "denoiser"), inputs, outputs, max_batch_size=0,
-        instances=options.denoiser_instances,
+        model_name(spec.name, "denoiser"), (*encoded_prompt_inputs(spec), *DENOISE_PARAMETERS), outputs,
+        max_batch_size=0, instances=options.denoiser_instances,
         parameters={"denoiser_model": model_name(spec.name, spec.denoiser_component)},
     )
 
 
-def postprocess_config(spec: PipelineSpec) -> mc.ModelConfig:
+def postprocess_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConfig:
     return _python_model(
         model_name(spec.name, "postprocess"),
-        (TensorSpec("image", "TYPE_FP32", (-1, 3, -1, -1)),),
+        (TensorSpec("image", "TYPE_FP32", (-1, 3, -1, -1), ("images", "h", "w")),),
         (ENSEMBLE_OUTPUT,),
-        max_batch_size=0, instances=2, parameters={},
+        max_batch_size=0, instances=options.helper_instances, parameters={},
     )
 
 
 def ensemble_config(spec: PipelineSpec) -> mc.ModelConfig:
-    """tokenize -> text_encoder -> denoiser -> vae_decoder -> postprocess, one request in, images out."""
+    """tokenize -> each text encoder -> denoiser -> vae_decoder -> postprocess; one request in, images out."""
     config = mc.ModelConfig(name=spec.name, platform="ensemble", max_batch_size=0)
     _add_tensors(config.input, ENSEMBLE_INPUTS)
     _add_tensors(config.output, (ENSEMBLE_OUTPUT,))
@@ -117,20 +142,18 @@ def ensemble_config(spec: PipelineSpec) -> mc.ModelConfig:
         steps.add(model_name=model_name(spec.name, component), model_version=-1,
                   input_map=inputs, output_map=outputs)
 
-    step("tokenize", {"prompt": "prompt", "negative_prompt": "negative_prompt"},
-         {"input_ids": "_input_ids", "attention_mask": "_attention_mask"})
-    text_inputs = {"input_ids": "_input_ids"}
-    if spec.uses_attention_mask:
-        text_inputs["attention_mask"] = "_attention_mask"
-    step("text_encoder", text_inputs, {"last_hidden_state": "_prompt_embeds"})
+    step("tokenize", {name: name for name in TEXT_INPUTS}, {t.name: f"_{t.name}" for t in tokenize_outputs(spec)})
+    for encoder in spec.text_encoders:
+        step(encoder.component,
+             {t.name: f"_{encoder.component}_{t.name}" for t in encoder.inputs},
+             {t.name: f"_{encoder.component}_{t.name}" for t in encoder.outputs})
     step("denoiser",
-         {"prompt_embeds": "_prompt_embeds", "prompt_attention_mask": "_attention_mask"}
-         | {t.name: t.name for t in GENERATION_PARAMETERS},
+         {t.name: f"_{t.name}" for t in encoded_prompt_inputs(spec)} | {t.name: t.name for t in DENOISE_PARAMETERS},
          {"latents": "_latents"})
     step("vae_decoder", {"latent": "_latents"}, {"image": "_image"})
     step("postprocess", {"image": "_image"}, {ENSEMBLE_OUTPUT.name: ENSEMBLE_OUTPUT.name})
-    parameters = {PIPELINE_MARKER_PARAMETER: "true", PIPELINE_FAMILY_PARAMETER: spec.family}
-    for key, value in (parameters | spec.limits.to_parameters()).items():
+    parameters = {PIPELINE_MARKER_PARAMETER: "true"} | spec.limits.to_parameters()
+    for key, value in parameters.items():
         config.parameters[key].string_value = value
     return config
 

@@ -1,62 +1,43 @@
 """torch modules that give each pipeline component the tensor names and signature of the spec.
 
-Each wrapper's forward takes the spec's inputs in order and returns its single output, so the
-ONNX graph, the TensorRT engine and the Triton config all share the names in PipelineSpec.
+Each wrapper's forward takes the component's inputs in order and returns its outputs in order, so
+the ONNX graph, the TensorRT engine and the Triton config share the names the family adapter gives.
+The denoiser (UNet/transformer) wrappers belong to the family adapters (`dgate.core.families`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from dgate.core.pipeline_spec import PipelineSpec
+from dgate.core.families import family_of
+from dgate.core.pipeline_spec import PipelineSpec, TextEncoderSpec
 
 
 class TextEncoderWrapper(nn.Module):
-    def __init__(self, text_encoder: nn.Module, uses_attention_mask: bool) -> None:
+    """CLIP or T5 as a pipeline's encode_prompt calls it: the hidden states it uses and/or the pooled output."""
+
+    def __init__(self, text_encoder: nn.Module, spec: TextEncoderSpec) -> None:
         super().__init__()
         self.text_encoder = text_encoder
-        self.uses_attention_mask = uses_attention_mask
+        self.spec = spec
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        # SD's CLIP runs without the mask (diffusers passes attention_mask=None); T5 needs it.
-        mask = attention_mask if self.uses_attention_mask else None
-        return self.text_encoder(input_ids, attention_mask=mask)[0]
-
-
-class UNetWrapper(nn.Module):
-    def __init__(self, unet: nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
-    ) -> torch.Tensor:
-        return self.unet(sample, timestep.reshape(-1), encoder_hidden_states, return_dict=False)[0]
-
-
-class TransformerWrapper(nn.Module):
-    """PixArt-style DiT: the prompt mask becomes an attention bias inside the model."""
-
-    def __init__(self, transformer: nn.Module) -> None:
-        super().__init__()
-        self.transformer = transformer
-
-    def forward(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        return self.transformer(
-            sample,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            timestep=timestep.reshape(-1),
-            added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-            return_dict=False,
-        )[0]
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, ...]:
+        # SD/SDXL/SD3/Flux run CLIP and T5 without the mask (diffusers passes none); PixArt's T5 needs it.
+        mask = attention_mask if self.spec.takes_attention_mask else None
+        penultimate = self.spec.hidden_size > 0 and self.spec.hidden_layer != -1
+        out = self.text_encoder(input_ids, attention_mask=mask, output_hidden_states=penultimate)
+        outputs: tuple[torch.Tensor, ...] = ()
+        if self.spec.hidden_size:
+            # -1 is last_hidden_state (after CLIP's final layer norm), not hidden_states[-1].
+            outputs += (out.hidden_states[self.spec.hidden_layer] if penultimate else out[0],)
+        if self.spec.pooled_size:
+            # CLIPTextModelWithProjection's text_embeds (SDXL, SD3); CLIPTextModel's pooler_output (Flux).
+            outputs += (out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output,)
+        return outputs
 
 
 class VaeDecoderWrapper(nn.Module):
@@ -86,18 +67,14 @@ class VaeEncoderWrapper(nn.Module):
         return (latent - self.shift_factor) * self.scaling_factor
 
 
-def component_module(pipe: object, spec: PipelineSpec, component: str) -> nn.Module:
+def component_module(pipe: Any, spec: PipelineSpec, component: str) -> nn.Module:
     """The wrapper for one exported component of a loaded diffusers pipeline, in eval mode."""
-    if component == "text_encoder":
-        module: nn.Module = TextEncoderWrapper(pipe.text_encoder, spec.uses_attention_mask)
-    elif component == "unet":
-        module = UNetWrapper(pipe.unet)
-    elif component == "transformer":
-        module = TransformerWrapper(pipe.transformer)
+    if component == spec.denoiser_component:
+        module: nn.Module = family_of(spec).denoiser_module(pipe, spec)
     elif component == "vae_decoder":
         module = VaeDecoderWrapper(pipe.vae, spec.vae_scaling_factor, spec.vae_shift_factor)
     elif component == "vae_encoder":
         module = VaeEncoderWrapper(pipe.vae, spec.vae_scaling_factor, spec.vae_shift_factor)
     else:
-        raise KeyError(f"unknown component {component!r}")
+        module = TextEncoderWrapper(getattr(pipe, component), spec.text_encoder(component))
     return module.eval()

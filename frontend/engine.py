@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
-from dgate.core.tensors import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUT, PIPELINE_MARKER_PARAMETER
+from dgate.core.tensors import ENSEMBLE_OUTPUT, PIPELINE_MARKER_PARAMETER, infer_inputs
 from dgate.frontend.schemas import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -180,13 +180,7 @@ class TritonImageEngine:
         return True
 
     async def generate(self, name: str, params: GenerationParams) -> np.ndarray:
-        inputs = []
-        for spec in ENSEMBLE_INPUTS:
-            value = getattr(params, spec.name)
-            array = np.array([value.encode() if isinstance(value, str) else value], dtype=spec.numpy_dtype)
-            tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.client_dtype)
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
+        inputs = infer_inputs(grpcclient, vars(params))
         try:
             result = await self.client.infer(
                 name,

@@ -22,7 +22,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dgate.core.errors import InvalidRequestError
-from dgate.core.limits import MAX_SEED, GenerationLimits
+from dgate.core.limits import MAX_SEED, GenerationLimits, check_prompt
 from dgate.core.params import GenerationParams
 
 OPENAI_MAX_IMAGES = 10
@@ -72,13 +72,17 @@ class ImageGenerationRequest(BaseModel):
     num_inference_steps: int | None = Field(None, ge=1)
     guidance_scale: float | None = Field(None, ge=0.0)
     negative_prompt: str | None = None
-    scheduler: str | None = None
+    scheduler: str | None = Field(None, description="a scheduler name from the model's `schedulers` "
+                                  "(see /v1/models); default: the model's `default_scheduler`")
+    max_sequence_length: int | None = Field(None, ge=1, description="T5 prompt tokens (pipelines with a T5 "
+                                            "encoder); default: the model's `default_max_sequence_length`")
+    true_cfg_scale: float | None = Field(None, ge=0.0, description="Flux: classifier-free guidance scale, "
+                                         "applied when > 1 and a negative_prompt is given")
 
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt must contain non-whitespace characters")
+        check_prompt(value)  # the same rule as the tokenizer model's
         return value
 
     @field_validator("size")
@@ -140,18 +144,11 @@ class ImageGenerationRequest(BaseModel):
             seed=secrets.randbelow(MAX_SEED + 1) if self.seed is None else self.seed,
             height=height,
             width=width,
-            scheduler=self.scheduler or "default",
+            scheduler=limits.scheduler_for(self.scheduler),
+            max_sequence_length=limits.sequence_length_for(self.max_sequence_length or 0),
+            true_cfg_scale=1.0 if self.true_cfg_scale is None else self.true_cfg_scale,
         )
-        limits.validate(
-            prompt=params.prompt,
-            num_images=params.num_images,
-            num_inference_steps=params.num_inference_steps,
-            guidance_scale=params.guidance_scale,
-            seed=params.seed,
-            width=width,
-            height=height,
-            scheduler=params.scheduler,
-        )
+        limits.validate(**vars(params))
         return params
 
 
@@ -192,10 +189,39 @@ class ImagesResponse(BaseModel):
 
 
 class ModelObject(BaseModel):
+    """OpenAI's model object; D-Gate adds what a client needs to build a valid request."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "dgate"
+    family: str | None = Field(None, description="pipeline family: sd, sdxl, pixart, sd3, flux")
+    default_size: str | None = Field(None, description="WIDTHxHEIGHT used when size is 'auto' or omitted")
+    max_size: str | None = Field(None, description="largest WIDTHxHEIGHT served")
+    min_size: int | None = Field(None, description="smallest width/height served")
+    size_multiple: int | None = Field(None, description="width and height must be multiples of this")
+    default_steps: int | None = None
+    max_steps: int | None = None
+    max_images: int | None = None
+    default_guidance_scale: float | None = None
+    default_scheduler: str | None = None
+    schedulers: list[str] | None = Field(None, description="the scheduler names this pipeline accepts")
+    default_max_sequence_length: int | None = Field(None, description="T5 prompt tokens by default (0: no T5)")
+    max_sequence_length: int | None = None
+    true_cfg: bool | None = Field(None, description="accepts true_cfg_scale (Flux)")
+
+    @classmethod
+    def from_limits(cls, model_id: str, created: int, limits: GenerationLimits) -> ModelObject:
+        return cls(
+            id=model_id, created=created, family=limits.family,
+            default_size=f"{limits.default_width}x{limits.default_height}",
+            max_size=f"{limits.max_width}x{limits.max_height}", min_size=limits.min_size,
+            size_multiple=limits.size_multiple, default_steps=limits.default_steps, max_steps=limits.max_steps,
+            max_images=limits.max_images, default_guidance_scale=limits.default_guidance_scale,
+            default_scheduler=limits.default_scheduler, schedulers=list(limits.schedulers),
+            default_max_sequence_length=limits.default_max_sequence_length,
+            max_sequence_length=limits.max_sequence_length, true_cfg=limits.true_cfg,
+        )
 
 
 class ModelList(BaseModel):

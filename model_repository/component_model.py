@@ -12,9 +12,9 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from dgate.core.onnx_session import create_session
 from dgate.model_repository.triton_io import ModelArgs, error_response, input_array
 
 logger = logging.getLogger(__name__)
@@ -28,14 +28,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"{model.name}: the Python backend runs ONNX Runtime; serve '{engine}' with --triton-backend native"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(model.parameter("onnx_threads", "0"))
-        # ORT's pool threads busy-wait after every run by default. Each component is its own stub
-        # process, so idle-spinning text encoder / VAE / UNet threads steal the cores from whichever
-        # model runs next (`dgate bench`, 2 cores: UNet step 42 -> 26 ms, 4.7 -> 7.3 img/s at c=1).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(model.version_dir / "model.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = create_session(model.version_dir / "model.onnx", int(model.parameter("onnx_threads", "0")))
         self.input_names = [tensor["name"] for tensor in model.config["input"]]
         self.output_names = [tensor["name"] for tensor in model.config["output"]]
 

@@ -1,23 +1,27 @@
-"""The framework-free core on the tiny pipelines: spec, limits, schedulers, tokenization, loop."""
+"""The framework-free core on the tiny pipelines: family adapters, spec, limits, schedulers, tokenization, loop."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from diffusers import DiffusionPipeline
 
-from dgate.core.denoise import denoise
+from dgate.core.denoise import DenoiseCancelled, denoise
 from dgate.core.errors import InvalidRequestError
-from dgate.core.images import to_uint8_images
-from dgate.core.limits import SCHEDULER_NAMES, GenerationLimits
+from dgate.core.families import FAMILIES, family_of, spec_from_pipeline
+from dgate.core.limits import GenerationLimits
 from dgate.core.params import DenoiseParams
-from dgate.core.pipeline_spec import PipelineSpec
-from dgate.core.schedulers import SchedulerFactory, build_scheduler
-from dgate.core.tokenization import PromptTokenizer
-from dgate.export.wrappers import component_module
+from dgate.core.pipeline_spec import FORMAT_VERSION, PipelineSpec
+from dgate.core.schedulers import SchedulerFactory, build_scheduler, scheduler_names
+from dgate.core.tokenization import PromptTokenizer, save_prompt_tokenizer
+from dgate.reference import diffusers_images, torch_loop_images, torch_text_outputs
+
+FAMILY_OF_TINY = {"tiny-sd": "sd", "tiny-pixart": "pixart", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3",
+                  "tiny-flux": "flux"}
 
 
 @pytest.fixture(scope="module")
@@ -25,22 +29,75 @@ def pipes(tiny_models: dict[str, Path]) -> dict[str, DiffusionPipeline]:
     return {name: DiffusionPipeline.from_pretrained(str(path)) for name, path in tiny_models.items()}
 
 
-def test_spec_reads_the_pipeline_configs(pipes: dict) -> None:
-    sd = PipelineSpec.from_pipeline(pipes["tiny-sd"], "tiny-sd")
-    assert (sd.family, sd.denoiser_component, sd.uses_attention_mask) == ("unet", "unet", False)
-    assert (sd.latent_channels, sd.denoiser_out_channels, sd.vae_scale_factor) == (4, 4, 2)
-    assert sd.text_max_length == 77 and sd.text_hidden_size == 32
-    assert sd.vae_scaling_factor == pipes["tiny-sd"].vae.config.scaling_factor
+@pytest.fixture(scope="module")
+def specs(pipes: dict) -> dict[str, PipelineSpec]:
+    return {name: spec_from_pipeline(pipe, name) for name, pipe in pipes.items()}
+
+
+def test_each_pipeline_class_gets_its_family_from_its_own_config(specs: dict) -> None:
+    assert {name: spec.family for name, spec in specs.items()} == FAMILY_OF_TINY
+    for spec in specs.values():
+        assert PipelineSpec.from_json(spec.to_json()) == spec
+        assert spec.format_version == FORMAT_VERSION
+
+
+def test_spec_reads_the_pipeline_configs(specs: dict, pipes: dict) -> None:
+    sd = specs["tiny-sd"]
+    assert (sd.denoiser_component, sd.latent_channels, sd.denoiser_out_channels, sd.vae_scale_factor) == (
+        "unet", 4, 4, 2)
+    assert [(e.component, e.max_length, e.hidden_size, e.pooled_size) for e in sd.text_encoders] == [
+        ("text_encoder", 77, 32, 0)]
     assert (sd.limits.default_width, sd.limits.max_width, sd.limits.size_multiple) == (64, 128, 8)
     assert sd.limits.default_steps == 50 and sd.limits.default_guidance_scale == 7.5  # diffusers' own defaults
+    assert sd.limits.default_scheduler == "euler"  # the pipeline's own EulerDiscreteScheduler, by name
 
-    pixart = PipelineSpec.from_pipeline(pipes["tiny-pixart"], "tiny-pixart")
-    assert (pixart.family, pixart.denoiser_component, pixart.uses_attention_mask) == ("dit", "transformer", True)
+    pixart = specs["tiny-pixart"]
     assert pixart.denoiser_out_channels == 8  # learned sigma
-    assert pixart.text_max_length == 300  # PixArtSigmaPipeline's max_sequence_length default
-    assert [t.name for t in pixart.denoiser_model_inputs] == [
+    assert pixart.limits.default_max_sequence_length == 300  # PixArtSigmaPipeline's max_sequence_length
+    assert pixart.limits.default_scheduler == "dpm++"
+    assert [t.name for t in family_of(pixart).denoiser_inputs(pixart)] == [
         "sample", "timestep", "encoder_hidden_states", "encoder_attention_mask"]
-    assert PipelineSpec.from_json(pixart.to_json()) == pixart
+
+    sdxl = specs["tiny-sdxl"]
+    assert [(e.hidden_layer, e.pooled_size) for e in sdxl.text_encoders] == [(-2, 0), (-2, 32)]
+    assert sdxl.force_zeros_for_empty_prompt
+    inputs = {t.name: t.dims for t in family_of(sdxl).denoiser_inputs(sdxl)}
+    assert inputs["encoder_hidden_states"] == (77, pipes["tiny-sdxl"].unet.config.cross_attention_dim)
+    assert inputs["time_ids"] == (6,) and inputs["text_embeds"] == (32,)
+
+    sd3 = specs["tiny-sd3"]
+    assert [e.component for e in sd3.text_encoders] == ["text_encoder", "text_encoder_2", "text_encoder_3"]
+    assert sd3.limits.schedulers == ("flow_euler", "flow_dpm++", "default")
+    assert sd3.limits.default_scheduler == "flow_euler" and sd3.limits.default_max_sequence_length == 256
+
+    flux = specs["tiny-flux"]
+    assert flux.guidance_embeds and flux.limits.true_cfg and flux.latent_channels == 16
+    assert flux.limits.size_multiple == 8 and flux.limits.default_max_sequence_length == 512
+    assert "guidance" in {t.name for t in family_of(flux).denoiser_inputs(flux)}
+
+
+def test_precision_policy_keeps_t5_and_upcast_vaes_in_fp32(pipes: dict) -> None:
+    sdxl = spec_from_pipeline(pipes["tiny-sdxl"], "x", precision="fp16")
+    assert sdxl.precision("unet") == "fp16" and sdxl.precision("text_encoder_2") == "fp16"
+    assert sdxl.precision("vae_decoder") == ("fp32" if pipes["tiny-sdxl"].vae.config.force_upcast else "fp16")
+    flux = spec_from_pipeline(pipes["tiny-flux"], "x", precision="fp16")
+    assert flux.precision("text_encoder_2") == "fp32" and flux.precision("text_encoder") == "fp16"
+    assert spec_from_pipeline(pipes["tiny-flux"], "x").precision("transformer") == "fp32"
+
+
+def test_version_1_pipeline_json_still_loads() -> None:
+    v1 = {"name": "old", "pipeline_class": "StableDiffusionPipeline", "family": "unet", "denoiser_component": "unet",
+          "latent_channels": 4, "denoiser_out_channels": 4, "vae_scale_factor": 8, "vae_scaling_factor": 0.18215,
+          "vae_shift_factor": None, "text_max_length": 77, "text_hidden_size": 768, "uses_attention_mask": False,
+          "limits": {"default_width": 512, "default_height": 512, "min_size": 128, "max_width": 1024,
+                     "max_height": 1024, "size_multiple": 64, "default_steps": 50, "max_steps": 100,
+                     "max_images": 10, "default_guidance_scale": 7.5, "max_guidance_scale": 50.0,
+                     "default_scheduler": "default"}}
+    spec = PipelineSpec.from_json(json.dumps(v1))
+    assert spec.family == "sd" and spec.text_encoders[0].hidden_size == 768
+    assert spec.limits.schedulers[-1] == "default" and spec.format_version == FORMAT_VERSION
+    with pytest.raises(ValueError, match="upgrade dgate"):
+        PipelineSpec.from_json(json.dumps({"format_version": FORMAT_VERSION + 1}))
 
 
 def test_unsupported_pipeline_is_refused() -> None:
@@ -48,16 +105,17 @@ def test_unsupported_pipeline_is_refused() -> None:
         pass
 
     with pytest.raises(ValueError, match="unsupported pipeline NotAPipeline"):
-        PipelineSpec.from_pipeline(NotAPipeline(), "x")
+        spec_from_pipeline(NotAPipeline(), "x")
 
 
 LIMITS = GenerationLimits(
-    default_width=64, default_height=64, min_size=16, max_width=128, max_height=128, size_multiple=8,
+    family="sd3", default_width=64, default_height=64, min_size=16, max_width=128, max_height=128, size_multiple=8,
     default_steps=50, max_steps=100, max_images=10, default_guidance_scale=7.5, max_guidance_scale=50.0,
-    default_scheduler="default",
+    default_scheduler="flow_euler", schedulers=scheduler_names(True), default_max_sequence_length=256,
+    max_sequence_length=512, true_cfg=False,
 )
-GOOD = {"prompt": "a fox", "num_images": 1, "num_inference_steps": 4, "guidance_scale": 7.5, "seed": 1,
-        "width": 64, "height": 64, "scheduler": "euler"}
+GOOD = {"num_images": 1, "num_inference_steps": 4, "guidance_scale": 7.5, "seed": 1, "width": 64, "height": 64,
+        "scheduler": "flow_euler", "max_sequence_length": 0, "true_cfg_scale": 1.0}
 
 
 def test_limits_round_trip_through_config_parameters() -> None:
@@ -65,28 +123,42 @@ def test_limits_round_trip_through_config_parameters() -> None:
     assert all(isinstance(value, str) for value in parameters.values())
     assert GenerationLimits.from_parameters(parameters) == LIMITS
     LIMITS.validate(**GOOD)
+    assert LIMITS.sequence_length_for(0) == 256 and LIMITS.sequence_length_for(77) == 77
 
 
 @pytest.mark.parametrize(
     ("field", "value", "param"),
-    [("prompt", " ", "prompt"), ("num_images", 11, "n"), ("num_inference_steps", 0, "num_inference_steps"),
+    [("num_images", 11, "n"), ("num_inference_steps", 0, "num_inference_steps"),
      ("num_inference_steps", 101, "num_inference_steps"), ("guidance_scale", 51.0, "guidance_scale"),
      ("seed", -1, "seed"), ("width", 60, "size"), ("height", 136, "size"), ("height", 8, "size"),
-     ("scheduler", "lms", "scheduler")],
+     ("scheduler", "lms", "scheduler"), ("scheduler", "euler", "scheduler"),
+     ("max_sequence_length", 513, "max_sequence_length"), ("true_cfg_scale", 4.0, "true_cfg_scale")],
 )
 def test_limits_name_the_offending_param(field: str, value: object, param: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:
         LIMITS.validate(**(GOOD | {field: value}))
     assert caught.value.param == param
-    assert str(value).strip() in caught.value.message or field == "prompt"
+    assert str(value) in caught.value.message or field == "true_cfg_scale"
 
 
-@pytest.mark.parametrize("name", SCHEDULER_NAMES)
-def test_every_scheduler_builds_from_the_pipeline_config(pipes: dict, name: str) -> None:
-    base = dict(pipes["tiny-sd"].scheduler.config) | {"_class_name": "EulerDiscreteScheduler"}
-    scheduler = build_scheduler(name, base)
-    scheduler.set_timesteps(4)
-    assert len(scheduler.timesteps) >= 4
+def test_a_unet_scheduler_on_a_flow_pipeline_lists_the_allowed_ones() -> None:
+    with pytest.raises(InvalidRequestError, match="flow_euler, flow_dpm\\+\\+, default for this sd3 pipeline"):
+        LIMITS.validate(**(GOOD | {"scheduler": "euler_a"}))
+    no_t5 = replace(LIMITS, default_max_sequence_length=0, max_sequence_length=0)
+    with pytest.raises(InvalidRequestError, match="has none"):
+        no_t5.validate(**(GOOD | {"max_sequence_length": 77}))
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_every_scheduler_builds_from_the_pipeline_config(pipes: dict, flow: bool) -> None:
+    pipe = pipes["tiny-flux" if flow else "tiny-sd"]
+    for name in scheduler_names(flow):
+        scheduler = build_scheduler(name, dict(pipe.scheduler.config))
+        if flow and scheduler.config.get("use_dynamic_shifting"):
+            scheduler.set_timesteps(4, mu=0.7)
+        else:
+            scheduler.set_timesteps(4)
+        assert len(scheduler.timesteps) >= 4
 
 
 def test_scheduler_factory_hands_out_independent_fresh_schedulers(pipes: dict) -> None:
@@ -95,70 +167,65 @@ def test_scheduler_factory_hands_out_independent_fresh_schedulers(pipes: dict) -
     assert first is not second and type(first).__name__ == "DPMSolverMultistepScheduler"
     first.set_timesteps(4)
     assert second.timesteps is None or len(second.timesteps) != 4  # the template was not touched
-    np.testing.assert_array_equal(factory("dpm++").config["beta_schedule"], first.config["beta_schedule"])
     with pytest.raises(InvalidRequestError):
         factory("lms")
 
 
-def test_unknown_scheduler_is_an_invalid_request() -> None:
-    with pytest.raises(InvalidRequestError, match="scheduler must be one of"):
-        build_scheduler("lms", {})
+@pytest.mark.parametrize("name", list(FAMILY_OF_TINY))
+def test_tokenizers_match_the_pipelines_own(pipes: dict, specs: dict, tmp_path: Path, name: str) -> None:
+    """Our `tokenizers`-only tokenizer equals transformers' call as the pipelines make it."""
+    prompts = ["a red fox, très rapide!", "", "blurry " * 200]  # unicode, empty, truncated
+    for encoder in specs[name].text_encoders:
+        hf = getattr(pipes[name], encoder.tokenizer)
+        tokenizer = PromptTokenizer.from_directory(save_prompt_tokenizer(hf, tmp_path / encoder.tokenizer).parent,
+                                                   encoder.pad_token_id)
+        for length in {encoder.max_length, 33}:
+            ids, mask = tokenizer(prompts, length)
+            expected = hf(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="np")
+            np.testing.assert_array_equal(ids, expected["input_ids"])
+            np.testing.assert_array_equal(mask, expected["attention_mask"])
 
 
-@pytest.mark.parametrize("name", ["tiny-sd", "tiny-pixart"])
-def test_tokenizer_matches_the_pipeline(tiny_models: dict, pipes: dict, name: str) -> None:
-    spec = PipelineSpec.from_pipeline(pipes[name], name)
-    tokenizer = PromptTokenizer.from_directory(tiny_models[name] / "tokenizer", spec.text_max_length)
-    ids, mask = tokenizer("a red fox, très rapide!", "blurry")
-    assert ids.shape == mask.shape == (2, spec.text_max_length) and ids.dtype == np.int64
-    expected = pipes[name].tokenizer("a red fox, très rapide!", padding="max_length",
-                                     max_length=spec.text_max_length, truncation=True, return_tensors="np")
-    np.testing.assert_array_equal(ids[1], expected["input_ids"][0])
-    assert mask[1].sum() < spec.text_max_length  # padding is masked
+def _values(**overrides: object) -> dict:
+    return {"prompt": "a lighthouse at dusk", "negative_prompt": "", "num_images": 2, "num_inference_steps": 3,
+            "guidance_scale": 4.0, "seed": 11, "height": 48, "width": 64, "scheduler": "default",
+            "max_sequence_length": 0, "true_cfg_scale": 1.0} | overrides
 
 
-@pytest.mark.parametrize(("name", "scheduler"), [("tiny-sd", "euler_a"), ("tiny-pixart", "dpm++")])
-def test_core_loop_with_torch_models_equals_diffusers(pipes: dict, name: str, scheduler: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [("tiny-sd", {"scheduler": "euler_a"}), ("tiny-pixart", {"scheduler": "dpm++", "negative_prompt": "ugly"}),
+     ("tiny-sdxl", {}), ("tiny-sdxl", {"negative_prompt": "ugly", "scheduler": "ddim"}),
+     ("tiny-sd3", {"max_sequence_length": 40}), ("tiny-sd3", {"scheduler": "flow_dpm++", "negative_prompt": "ugly"}),
+     ("tiny-flux", {}), ("tiny-flux", {"true_cfg_scale": 3.0, "negative_prompt": "ugly", "scheduler": "flow_dpm++"})],
+)
+def test_core_loop_with_torch_models_equals_diffusers(pipes: dict, specs: dict, name: str, overrides: dict) -> None:
     """The loop Triton runs, with the PyTorch modules as `predict`, reproduces diffusers bit for bit."""
-    pipe = pipes[name]
-    spec = PipelineSpec.from_pipeline(pipe, name)
-    params = DenoiseParams(num_images=2, num_inference_steps=3, guidance_scale=4.0, seed=11, height=48, width=64,
-                           scheduler=scheduler)
-    ids, mask = PromptTokenizer(pipe.tokenizer, spec.text_max_length)("a lighthouse at dusk", "")
-    text = component_module(pipe, spec, "text_encoder")
-    model = component_module(pipe, spec, spec.denoiser_component)
-    decoder = component_module(pipe, spec, "vae_decoder")
-    with torch.inference_mode():
-        args = (torch.from_numpy(ids), torch.from_numpy(mask)) if spec.uses_attention_mask else (torch.from_numpy(ids),)
-        embeds = text(*args).numpy()
-
-        def predict(inputs: dict[str, np.ndarray]) -> np.ndarray:
-            return model(*(torch.from_numpy(inputs[t.name]) for t in spec.denoiser_model_inputs)).numpy()
-
-        latents = denoise(spec, params, SchedulerFactory(dict(pipe.scheduler.config)), embeds, mask, predict)
-        served = to_uint8_images(decoder(torch.from_numpy(latents)).numpy())
-
-    pipe.scheduler = build_scheduler(scheduler, dict(pipe.scheduler.config))
-    extra = {"use_resolution_binning": False, "clean_caption": False} if spec.family == "dit" else {}
-    expected = pipe("a lighthouse at dusk", negative_prompt="", num_images_per_prompt=2, num_inference_steps=3,
-                    guidance_scale=4.0, height=48, width=64, generator=torch.Generator().manual_seed(11),
-                    output_type="np", **extra).images
-    np.testing.assert_array_equal(served, (expected * 255).round().astype(np.uint8))
+    values = _values(**overrides)
+    if name == "tiny-flux":
+        values["height"] = 64  # Flux packs 2x2 latents: sizes are multiples of 8 here
+    expected = diffusers_images(pipes[name], values)
+    np.testing.assert_array_equal(torch_loop_images(pipes[name], specs[name], values), expected)
+    assert expected.std() > 5
 
 
-def test_cancellation_stops_the_loop(pipes: dict) -> None:
-    from dgate.core.denoise import DenoiseCancelled
-
-    spec = PipelineSpec.from_pipeline(pipes["tiny-sd"], "tiny-sd")
+def test_cancellation_stops_the_loop(pipes: dict, specs: dict) -> None:
+    spec = specs["tiny-sd"]
     calls = []
 
     def predict(inputs: dict[str, np.ndarray]) -> np.ndarray:
         calls.append(1)
         return np.zeros_like(inputs["sample"])
 
-    params = DenoiseParams(1, 10, 7.5, 0, 64, 64, "euler")
-    embeds = np.zeros((2, 77, 32), np.float32)
+    params = DenoiseParams(num_images=1, num_inference_steps=10, guidance_scale=7.5, seed=0, height=64, width=64,
+                           scheduler="euler", max_sequence_length=0, true_cfg_scale=1.0, negative_prompt="")
+    text = torch_text_outputs(pipes["tiny-sd"], spec, "a fox", "")
     with pytest.raises(DenoiseCancelled):
-        denoise(spec, params, SchedulerFactory(dict(pipes["tiny-sd"].scheduler.config)), embeds, None, predict,
+        denoise(spec, params, SchedulerFactory(dict(pipes["tiny-sd"].scheduler.config)), text, predict,
                 is_cancelled=lambda: len(calls) >= 2)
     assert len(calls) == 2
+
+
+def test_every_family_is_registered_once() -> None:
+    classes = [c for family in FAMILIES.values() for c in family.pipeline_classes]
+    assert len(classes) == len(set(classes))

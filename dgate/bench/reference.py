@@ -12,34 +12,23 @@ from pathlib import Path
 
 import numpy as np
 
+from dgate.core.onnx_session import create_session
 from dgate.core.pipeline_spec import PipelineSpec
 
 
 def denoiser_feed(spec: PipelineSpec, size: int, rows: int = 2) -> dict[str, np.ndarray]:
     """One CFG step of one image (uncond + cond rows), shaped as the denoiser model sends it."""
-    rng = np.random.default_rng(0)
-    feed = {
-        "sample": rng.standard_normal(spec.latent_shape(rows, size, size), dtype=np.float32),
-        "timestep": np.full((rows, 1), 500.0, dtype=np.float32),
-        "encoder_hidden_states": rng.standard_normal((rows, spec.text_max_length, spec.text_hidden_size),
-                                                     dtype=np.float32),
-    }
-    if spec.uses_attention_mask:
-        feed["encoder_attention_mask"] = np.ones((rows, spec.text_max_length), dtype=np.int64)
-    return feed
+    from dgate.export.onnx_export import sample_inputs
+
+    inputs = sample_inputs(spec, spec.denoiser_component, rows, size, size, seed=0)
+    return {name: tensor.numpy() for name, tensor in inputs.items()}
 
 
 class UnetReference:
     """The repository's UNet/transformer ONNX with the component model's session options, in this process."""
 
     def __init__(self, model_dir: Path, spec: PipelineSpec, size: int, onnx_threads: int) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = onnx_threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = create_session(model_dir / "1" / "model.onnx", onnx_threads)
         self.feed = denoiser_feed(spec, size)
         self.samples: list[float] = []
 

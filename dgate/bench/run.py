@@ -128,7 +128,8 @@ def run_bench(args: argparse.Namespace) -> int:
     levels = sorted(set(args.concurrency))
     for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    workload = Workload(steps=args.steps, size=args.size)
+    size = args.size or spec.limits.default_width
+    workload = Workload(steps=args.steps, size=size, guidance_scale=spec.limits.default_guidance_scale)
     load_before = _load()
     log.info("load average before: %s", load_before)
 

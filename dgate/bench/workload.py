@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dgate.core.tensors import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUT
+from dgate.core.tensors import ENSEMBLE_OUTPUT, infer_inputs
 
 PROMPT = "a photo of a red fox in the snow, high quality"
 
@@ -32,7 +32,8 @@ class Workload:
     def ensemble_values(self, seed: int) -> dict[str, Any]:
         return {"prompt": self.prompt, "negative_prompt": "", "num_images": 1,
                 "num_inference_steps": self.steps, "guidance_scale": self.guidance_scale, "seed": seed,
-                "height": self.size, "width": self.size, "scheduler": "default"}
+                "height": self.size, "width": self.size, "scheduler": "default", "max_sequence_length": 0,
+                "true_cfg_scale": 1.0}
 
 
 @dataclass(frozen=True)
@@ -68,19 +69,14 @@ class DiffusersPath:
         from diffusers import DiffusionPipeline
 
         torch.set_num_threads(cpu_count())
-        self.torch, self.workload = torch, workload
+        self.workload = workload
         self.pipe = DiffusionPipeline.from_pretrained(str(model_dir))
         self.pipe.set_progress_bar_config(disable=True)
-        name = type(self.pipe).__name__
-        self.extra = {"use_resolution_binning": False, "clean_caption": False} if "PixArt" in name else {}
 
     def generate(self, seed: int) -> np.ndarray:
-        w = self.workload
-        images = self.pipe(w.prompt, negative_prompt="", num_images_per_prompt=1, num_inference_steps=w.steps,
-                           guidance_scale=w.guidance_scale, height=w.size, width=w.size,
-                           generator=self.torch.Generator().manual_seed(seed), output_type="pil",
-                           **self.extra).images
-        return np.stack([np.asarray(image) for image in images])
+        from dgate.reference import diffusers_images
+
+        return diffusers_images(self.pipe, self.workload.ensemble_values(seed))
 
     def measure(self, seeds: Sequence[int], label: str = "diffusers") -> LevelResult:
         latencies = []
@@ -109,14 +105,7 @@ class TritonPath:
             await self.client.close()
 
     async def generate(self, seed: int) -> np.ndarray:
-        values = self.workload.ensemble_values(seed)
-        inputs = []
-        for spec in ENSEMBLE_INPUTS:
-            value = values[spec.name]
-            array = np.array([value.encode() if isinstance(value, str) else value], dtype=spec.numpy_dtype)
-            tensor = self.module.InferInput(spec.name, [1], spec.client_dtype)
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
+        inputs = infer_inputs(self.module, self.workload.ensemble_values(seed))
         result = await self.client.infer(self.pipeline, inputs,
                                          outputs=[self.module.InferRequestedOutput(ENSEMBLE_OUTPUT.name)])
         return result.as_numpy(ENSEMBLE_OUTPUT.name)

@@ -1,22 +1,30 @@
 """What a served pipeline accepts: defaults and limits, written once.
 
 Export stores these as string parameters of the pipeline's ensemble `config.pbtxt`; the denoiser
-validates against them inside Triton and the frontend reads them from Triton's model config, so
-the two can never disagree.
+validates against them inside Triton and the frontend reads them from Triton's model config (and
+reports them on `/v1/models`), so the two can never disagree.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from dgate.core.errors import InvalidRequestError
 
-SCHEDULER_NAMES = ("euler", "euler_a", "ddim", "dpm++", "pndm", "default")
 MAX_SEED = 2**63 - 1
+DEFAULT_SCHEDULER = "default"  # the scheduler class the pipeline was saved with
+
+
+def check_prompt(prompt: str) -> None:
+    """The one blank-prompt rule (frontend, tokenizer model)."""
+    if not prompt.strip():
+        raise InvalidRequestError("prompt must be a non-empty string", "prompt")
 
 
 @dataclass(frozen=True)
 class GenerationLimits:
+    family: str  # "sd", "sdxl", "pixart", "sd3", "flux": reported, never branched on outside the adapters
     default_width: int
     default_height: int
     min_size: int
@@ -28,25 +36,58 @@ class GenerationLimits:
     max_images: int
     default_guidance_scale: float
     max_guidance_scale: float
-    default_scheduler: str
+    default_scheduler: str  # a name from `schedulers`, used when a request names none
+    schedulers: tuple[str, ...]  # the names this family can use ("default" included)
+    default_max_sequence_length: int  # T5 prompt tokens when the request gives 0; 0 = no T5 encoder
+    max_sequence_length: int
+    true_cfg: bool  # Flux: `true_cfg_scale` > 1 with a negative prompt runs classifier-free guidance
 
     def to_parameters(self) -> dict[str, str]:
-        return {key: str(value) for key, value in asdict(self).items()}
+        return {key: ",".join(value) if isinstance(value, tuple) else str(value) for key, value in asdict(self).items()}
 
     @classmethod
     def from_parameters(cls, parameters: dict[str, str]) -> GenerationLimits:
-        values = {}
+        values: dict[str, Any] = {}
         for field in fields(cls):
             if field.name not in parameters:
                 raise KeyError(f"pipeline parameter {field.name!r} is missing")
             raw = parameters[field.name]
-            values[field.name] = raw if field.type == "str" else (float if field.type == "float" else int)(raw)
+            if field.type == "int":
+                values[field.name] = int(raw)
+            elif field.type == "float":
+                values[field.name] = float(raw)
+            elif field.type == "bool":
+                values[field.name] = raw == "True"
+            elif field.type.startswith("tuple"):
+                values[field.name] = tuple(name for name in raw.split(",") if name)
+            else:
+                values[field.name] = raw
         return cls(**values)
+
+    def scheduler_for(self, requested: str | None) -> str:
+        """The request's scheduler, else the pipeline's default."""
+        return requested or self.default_scheduler
+
+    def sequence_length_for(self, requested: int) -> int:
+        """T5 prompt length for a request (checked): 0 means the pipeline's default."""
+        self.check_sequence_length(requested)
+        return requested or self.default_max_sequence_length
+
+    def check_sequence_length(self, max_sequence_length: int) -> None:
+        if max_sequence_length and not self.max_sequence_length:
+            raise InvalidRequestError(
+                f"max_sequence_length applies to pipelines with a T5 text encoder; this {self.family} "
+                f"pipeline has none", "max_sequence_length",
+            )
+        if not 0 <= max_sequence_length <= self.max_sequence_length:
+            raise InvalidRequestError(
+                f"max_sequence_length must be between 1 and {self.max_sequence_length}, got {max_sequence_length}",
+                "max_sequence_length",
+            )
 
     def validate(
         self,
         *,
-        prompt: str | None = None,
         num_images: int,
         num_inference_steps: int,
         guidance_scale: float,
@@ -54,14 +95,15 @@ class GenerationLimits:
         width: int,
         height: int,
         scheduler: str,
+        max_sequence_length: int = 0,
+        true_cfg_scale: float = 1.0,
+        **_: Any,
     ) -> None:
         """Raise InvalidRequestError naming the first field that is out of bounds.
 
-        `prompt` is optional because the denoiser only sees the encoded prompt (the tokenizer model
-        checks the text).
+        Takes the fields of `DenoiseParams` (`validate(**vars(params))`); the prompt text is checked
+        by `check_prompt` where the text is.
         """
-        if prompt is not None and not prompt.strip():
-            raise InvalidRequestError("prompt must be a non-empty string", "prompt")
         if not 1 <= num_images <= self.max_images:
             raise InvalidRequestError(f"n must be between 1 and {self.max_images}, got {num_images}", "n")
         if not 1 <= num_inference_steps <= self.max_steps:
@@ -83,7 +125,20 @@ class GenerationLimits:
                     f"{maximum}, got {value}",
                     "size",
                 )
-        if scheduler not in SCHEDULER_NAMES:
+        if scheduler not in self.schedulers:
             raise InvalidRequestError(
-                f"scheduler must be one of {', '.join(SCHEDULER_NAMES)}, got {scheduler!r}", "scheduler"
+                f"scheduler must be one of {', '.join(self.schedulers)} for this {self.family} pipeline, "
+                f"got {scheduler!r}",
+                "scheduler",
+            )
+        self.check_sequence_length(max_sequence_length)
+        if not self.true_cfg and true_cfg_scale != 1.0:
+            raise InvalidRequestError(
+                f"true_cfg_scale applies to pipelines with true classifier-free guidance (flux); this "
+                f"{self.family} pipeline uses guidance_scale", "true_cfg_scale",
+            )
+        if not 0.0 <= true_cfg_scale <= self.max_guidance_scale:
+            raise InvalidRequestError(
+                f"true_cfg_scale must be between 0 and {self.max_guidance_scale}, got {true_cfg_scale}",
+                "true_cfg_scale",
             )

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DenoiseParams:
-    """What the denoiser sees: every ensemble input except the prompt text (already encoded)."""
+    """What the denoiser sees: every ensemble input except the prompt text (already encoded).
+
+    The negative prompt's text is here because two families act on its presence: SDXL zeroes the
+    unconditional embeddings when it is empty, Flux runs true CFG only when one is given.
+    """
 
     num_images: int
     num_inference_steps: int
@@ -16,11 +20,9 @@ class DenoiseParams:
     height: int
     width: int
     scheduler: str
-
-    @property
-    def uses_guidance(self) -> bool:
-        # diffusers: do_classifier_free_guidance = guidance_scale > 1
-        return self.guidance_scale > 1.0
+    max_sequence_length: int  # T5 prompt tokens; 0 = the pipeline's default
+    true_cfg_scale: float
+    negative_prompt: str
 
 
 @dataclass(frozen=True)
@@ -28,4 +30,3 @@ class GenerationParams(DenoiseParams):
     """One ensemble request; field names are the ENSEMBLE_INPUTS tensor names."""
 
     prompt: str
-    negative_prompt: str

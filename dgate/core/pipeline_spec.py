@@ -1,101 +1,93 @@
-"""The description of a served pipeline: its family, shapes and the tensors of every component.
+"""The description of a served pipeline: its family, shapes, text encoders and precisions.
 
-Written once from the diffusers pipeline's own configs at export time, saved as `pipeline.json`
-next to the Triton models, and read back by the denoiser and tokenizer models. Export, config
-rendering and the Triton adapters all derive tensor names and shapes from here.
+Written once from the diffusers pipeline's own configs at export time (by the pipeline's family
+adapter, `dgate.core.families`), saved as a versioned `pipeline.json` next to the Triton models, and
+read back by the denoiser and tokenizer models. This module is data only (no torch), so the
+tokenizer model and the frontend can import it cheaply.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-import math
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dgate.core.limits import GenerationLimits
-from dgate.core.tensors import TensorSpec
+from dgate.core.limits import DEFAULT_SCHEDULER, GenerationLimits
+from dgate.core.tensors import TEXT_LENGTH, TensorSpec
 
-# diffusers pipeline class -> (family, denoiser component attribute)
-SUPPORTED_PIPELINES = {
-    "StableDiffusionPipeline": ("unet", "unet"),
-    "PixArtSigmaPipeline": ("dit", "transformer"),
-    "PixArtAlphaPipeline": ("dit", "transformer"),
-}
-DEFAULT_MAX_IMAGES = 10  # OpenAI's `n` limit
-DEFAULT_MAX_STEPS = 100
-DEFAULT_MAX_GUIDANCE = 50.0
+logger = logging.getLogger(__name__)
+
+# Version 1: the spine's single-text-encoder layout (family "unet"/"dit"). Version 2: text encoders
+# as a list, per-component precisions, family facts. A reader loads every version up to its own.
+FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """One text encoder and its tokenizer, as the pipeline's `_encode_prompt` uses them."""
+
+    component: str  # diffusers attribute = Triton model suffix: text_encoder, text_encoder_2, ...
+    tokenizer: str  # diffusers attribute of its tokenizer: tokenizer, tokenizer_2, ...
+    vocab_size: int
+    max_length: int  # CLIP: the fixed 77; T5: the pipeline's default max_sequence_length
+    variable_length: bool  # T5: padded to the request's max_sequence_length
+    hidden_size: int  # width of the `hidden_states` output; 0 = the pipeline does not use it
+    hidden_layer: int  # -1: last hidden state; -2: penultimate (SDXL and SD3 CLIPs)
+    pooled_size: int  # width of the `pooled` output (text_embeds / pooler_output); 0 = unused
+    takes_attention_mask: bool  # the encoder reads the prompt mask (PixArt's T5; SD3/Flux pass none)
+    pad_token_id: int
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        dims, axes = ((-1,), (TEXT_LENGTH,)) if self.variable_length else ((self.max_length,), ())
+        ids = TensorSpec("input_ids", "TYPE_INT64", dims, axes)
+        mask = TensorSpec("attention_mask", "TYPE_INT64", dims, axes)
+        return (ids, mask) if self.takes_attention_mask else (ids,)
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        tensors: tuple[TensorSpec, ...] = ()
+        if self.hidden_size:
+            length = self.inputs[0]
+            tensors += (TensorSpec("hidden_states", "TYPE_FP32", (*length.dims, self.hidden_size), length.axes),)
+        if self.pooled_size:
+            tensors += (TensorSpec("pooled", "TYPE_FP32", (self.pooled_size,)),)
+        return tensors
 
 
 @dataclass(frozen=True)
 class PipelineSpec:
     name: str
     pipeline_class: str
-    family: str  # "unet" | "dit"
+    family: str  # the adapter in dgate.core.families that knows this pipeline class
     denoiser_component: str  # "unet" | "transformer"
-    latent_channels: int
+    latent_channels: int  # channels of the unpacked latent the VAE sees
     denoiser_out_channels: int  # 2 * latent_channels when the model learns sigma (PixArt)
     vae_scale_factor: int
     vae_scaling_factor: float
     vae_shift_factor: float | None
-    text_max_length: int
-    text_hidden_size: int
-    uses_attention_mask: bool  # the text encoder and the denoiser model take the prompt mask (T5)
+    text_encoders: tuple[TextEncoderSpec, ...]
     limits: GenerationLimits
-
-    # --- tensors of each component (batch dimension excluded) -----------------------------------
-    @property
-    def text_encoder_inputs(self) -> tuple[TensorSpec, ...]:
-        ids = TensorSpec("input_ids", "TYPE_INT64", (self.text_max_length,))
-        mask = TensorSpec("attention_mask", "TYPE_INT64", (self.text_max_length,))
-        return (ids, mask) if self.uses_attention_mask else (ids,)
-
-    @property
-    def text_encoder_outputs(self) -> tuple[TensorSpec, ...]:
-        return (TensorSpec("last_hidden_state", "TYPE_FP32", (self.text_max_length, self.text_hidden_size)),)
-
-    @property
-    def denoiser_model_inputs(self) -> tuple[TensorSpec, ...]:
-        tensors = (
-            TensorSpec("sample", "TYPE_FP32", (self.latent_channels, -1, -1)),
-            TensorSpec("timestep", "TYPE_FP32", (1,)),
-            TensorSpec("encoder_hidden_states", "TYPE_FP32", (self.text_max_length, self.text_hidden_size)),
-        )
-        if self.uses_attention_mask:
-            tensors += (TensorSpec("encoder_attention_mask", "TYPE_INT64", (self.text_max_length,)),)
-        return tensors
-
-    @property
-    def denoiser_model_outputs(self) -> tuple[TensorSpec, ...]:
-        return (TensorSpec("noise_pred", "TYPE_FP32", (self.denoiser_out_channels, -1, -1)),)
-
-    @property
-    def vae_decoder_inputs(self) -> tuple[TensorSpec, ...]:
-        return (TensorSpec("latent", "TYPE_FP32", (self.latent_channels, -1, -1)),)
-
-    @property
-    def vae_decoder_outputs(self) -> tuple[TensorSpec, ...]:
-        return (TensorSpec("image", "TYPE_FP32", (3, -1, -1)),)
-
-    vae_encoder_inputs = vae_decoder_outputs
-    vae_encoder_outputs = vae_decoder_inputs
-
-    def component_io(self, component: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        """(inputs, outputs) of an exported component: text_encoder, unet|transformer, vae_*."""
-        if component == "text_encoder":
-            return self.text_encoder_inputs, self.text_encoder_outputs
-        if component == self.denoiser_component:
-            return self.denoiser_model_inputs, self.denoiser_model_outputs
-        if component == "vae_decoder":
-            return self.vae_decoder_inputs, self.vae_decoder_outputs
-        if component == "vae_encoder":
-            return self.vae_encoder_inputs, self.vae_encoder_outputs
-        raise KeyError(f"unknown component {component!r}")
+    precisions: dict[str, str] = field(default_factory=dict)  # component -> "fp32" | "fp16" (export)
+    force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is zero embeddings
+    guidance_embeds: bool = False  # Flux "dev": guidance_scale is a model input, not CFG
+    patch_size: int = 1
+    format_version: int = FORMAT_VERSION
 
     @property
     def exported_components(self) -> tuple[str, ...]:
-        return ("text_encoder", self.denoiser_component, "vae_decoder", "vae_encoder")
+        return (*(e.component for e in self.text_encoders), self.denoiser_component, "vae_decoder", "vae_encoder")
+
+    def text_encoder(self, component: str) -> TextEncoderSpec:
+        for encoder in self.text_encoders:
+            if encoder.component == component:
+                return encoder
+        raise KeyError(f"{self.name} has no text encoder {component!r}")
+
+    def precision(self, component: str) -> str:
+        return self.precisions.get(component, "fp32")
 
     def latent_shape(self, num_images: int, height: int, width: int) -> tuple[int, int, int, int]:
         return (num_images, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
@@ -106,77 +98,47 @@ class PipelineSpec:
 
     @classmethod
     def from_json(cls, text: str) -> PipelineSpec:
-        data = json.loads(text)
-        data["limits"] = GenerationLimits(**data["limits"])
+        data: dict[str, Any] = json.loads(text)
+        version = data.get("format_version", 1)
+        if version > FORMAT_VERSION:
+            raise ValueError(f"pipeline.json has format_version {version}; this D-Gate reads up to "
+                             f"{FORMAT_VERSION}: upgrade dgate or re-export the pipeline")
+        if version == 1:
+            data = _migrate_v1(data)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:  # added by a later minor change of the same version: safe to ignore
+            logger.warning("pipeline.json: ignoring unknown keys %s", sorted(unknown))
+        data = {key: value for key, value in data.items() if key in known}
+        data["limits"] = GenerationLimits(**{k: tuple(v) if isinstance(v, list) else v
+                                             for k, v in data["limits"].items()})
+        data["text_encoders"] = tuple(TextEncoderSpec(**encoder) for encoder in data["text_encoders"])
         return cls(**data)
 
     @classmethod
     def load(cls, path: Path) -> PipelineSpec:
         return cls.from_json(Path(path).read_text())
 
-    # --- derivation from a loaded diffusers pipeline -------------------------------------------
-    @classmethod
-    def from_pipeline(
-        cls,
-        pipe: Any,
-        name: str,
-        *,
-        max_size: int | None = None,
-        default_steps: int | None = None,
-        max_steps: int = DEFAULT_MAX_STEPS,
-    ) -> PipelineSpec:
-        pipeline_class = type(pipe).__name__
-        if pipeline_class not in SUPPORTED_PIPELINES:
-            raise ValueError(
-                f"unsupported pipeline {pipeline_class}; supported: {', '.join(SUPPORTED_PIPELINES)}"
-            )
-        family, denoiser_attr = SUPPORTED_PIPELINES[pipeline_class]
-        denoiser = getattr(pipe, denoiser_attr).config
-        vae = pipe.vae.config
-        vae_scale_factor = 2 ** (len(vae.block_out_channels) - 1)
-        call_defaults = {
-            key: param.default for key, param in inspect.signature(type(pipe).__call__).parameters.items()
-        }
-        if family == "unet":
-            # The traced ONNX UNet cannot forward odd upsample sizes, so latents must divide by
-            # every downsampling stage (diffusers handles that case with a Python branch).
-            spatial_factor = vae_scale_factor * 2 ** (len(denoiser.block_out_channels) - 1)
-            text_max_length = pipe.tokenizer.model_max_length
-            out_channels = denoiser.out_channels
-        else:
-            spatial_factor = vae_scale_factor * denoiser.patch_size
-            text_max_length = call_defaults["max_sequence_length"]
-            out_channels = denoiser.out_channels or denoiser.in_channels
-        size_multiple = math.lcm(8, spatial_factor)
-        default_size = denoiser.sample_size * vae_scale_factor
-        max_size = max_size or 2 * default_size
-        limits = GenerationLimits(
-            default_width=default_size,
-            default_height=default_size,
-            min_size=max(size_multiple, default_size // 4 // size_multiple * size_multiple),
-            max_width=max_size,
-            max_height=max_size,
-            size_multiple=size_multiple,
-            default_steps=default_steps or call_defaults["num_inference_steps"],
-            max_steps=max_steps,
-            max_images=DEFAULT_MAX_IMAGES,
-            default_guidance_scale=float(call_defaults["guidance_scale"]),
-            max_guidance_scale=DEFAULT_MAX_GUIDANCE,
-            default_scheduler="default",
-        )
-        return cls(
-            name=name,
-            pipeline_class=pipeline_class,
-            family=family,
-            denoiser_component=denoiser_attr,
-            latent_channels=denoiser.in_channels,
-            denoiser_out_channels=out_channels,
-            vae_scale_factor=vae_scale_factor,
-            vae_scaling_factor=float(vae.scaling_factor),
-            vae_shift_factor=None if getattr(vae, "shift_factor", None) is None else float(vae.shift_factor),
-            text_max_length=int(text_max_length),
-            text_hidden_size=int(pipe.text_encoder.config.hidden_size if family == "unet"
-                                 else pipe.text_encoder.config.d_model),
-            uses_attention_mask=family == "dit",
-            limits=limits,
-        )
+
+# Version 1 knew two layouts; their schedulers were the UNet (discrete-time) ones.
+_V1_FAMILIES = {"unet": "sd", "dit": "pixart"}
+_V1_SCHEDULERS = ("euler", "euler_a", "ddim", "dpm++", "pndm", DEFAULT_SCHEDULER)
+
+
+def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """The spine's pipeline.json (one text encoder, `family` unet|dit) in version 2's terms."""
+    data = dict(data)
+    t5 = data.pop("uses_attention_mask")
+    length, hidden = data.pop("text_max_length"), data.pop("text_hidden_size")
+    family = _V1_FAMILIES[data["family"]]
+    data["family"] = family
+    data["text_encoders"] = [asdict(TextEncoderSpec(
+        component="text_encoder", tokenizer="tokenizer", vocab_size=0, max_length=length, variable_length=False,
+        hidden_size=hidden, hidden_layer=-1, pooled_size=0, takes_attention_mask=t5, pad_token_id=0,
+    ))]
+    data["limits"] = dict(data["limits"]) | {
+        "family": family, "schedulers": _V1_SCHEDULERS, "default_max_sequence_length": 0,
+        "max_sequence_length": 0, "true_cfg": False,
+    }
+    data["format_version"] = FORMAT_VERSION
+    return data

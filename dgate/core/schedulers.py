@@ -1,4 +1,9 @@
-"""Per-request schedulers: diffusers' own classes, built fresh for every request (they are stateful)."""
+"""Per-request schedulers: diffusers' own classes, built fresh for every request (they are stateful).
+
+Two kinds, because a model is trained for one: discrete-time (epsilon / v-prediction UNets and
+PixArt) and flow matching (SD3, Flux). A family lists the names it can use; a request naming another
+is a 400 that lists them.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +17,35 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     PNDMScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from dgate.core.errors import InvalidRequestError
-from dgate.core.limits import SCHEDULER_NAMES
+from dgate.core.limits import DEFAULT_SCHEDULER
 
-SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
+DISCRETE_SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "euler": EulerDiscreteScheduler,
     "euler_a": EulerAncestralDiscreteScheduler,
     "ddim": DDIMScheduler,
     "dpm++": DPMSolverMultistepScheduler,  # DPM-Solver++ (2M) is its default algorithm_type
     "pndm": PNDMScheduler,
 }
-assert set(SCHEDULER_CLASSES) | {"default"} == set(SCHEDULER_NAMES)
+FLOW_SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+    "flow_euler": FlowMatchEulerDiscreteScheduler,
+    # DPM-Solver++ (2M) over flow sigmas, as diffusers configures it for SANA and Wan.
+    "flow_dpm++": DPMSolverMultistepScheduler,
+}
+
+
+def scheduler_names(flow_matching: bool) -> tuple[str, ...]:
+    """The names a family can request, `default` (the pipeline's own scheduler) last."""
+    return (*(FLOW_SCHEDULERS if flow_matching else DISCRETE_SCHEDULERS), DEFAULT_SCHEDULER)
+
+
+def _flow_shift(config: dict[str, Any]) -> float:
+    return float(config.get("shift", config.get("flow_shift", 1.0)))
 
 
 def build_scheduler(name: str, base_config: dict[str, Any]) -> SchedulerMixin:
@@ -34,15 +53,30 @@ def build_scheduler(name: str, base_config: dict[str, Any]) -> SchedulerMixin:
 
     "default" is the class the pipeline was saved with (`_class_name` in scheduler_config.json).
     """
-    if name == "default":
-        scheduler_class = getattr(diffusers, base_config["_class_name"])
-    elif name in SCHEDULER_CLASSES:
-        scheduler_class = SCHEDULER_CLASSES[name]
-    else:
-        raise InvalidRequestError(
-            f"scheduler must be one of {', '.join(SCHEDULER_NAMES)}, got {name!r}", "scheduler"
+    if name == DEFAULT_SCHEDULER:
+        return getattr(diffusers, base_config["_class_name"]).from_config(base_config)
+    if name in DISCRETE_SCHEDULERS:
+        return DISCRETE_SCHEDULERS[name].from_config(base_config)
+    if name == "flow_euler":
+        return FlowMatchEulerDiscreteScheduler.from_config(base_config, shift=_flow_shift(base_config))
+    if name == "flow_dpm++":
+        return DPMSolverMultistepScheduler.from_config(
+            base_config, use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=_flow_shift(base_config),
         )
-    return scheduler_class.from_config(base_config)
+    raise InvalidRequestError(
+        f"scheduler must be one of {', '.join((*DISCRETE_SCHEDULERS, *FLOW_SCHEDULERS, DEFAULT_SCHEDULER))}, "
+        f"got {name!r}", "scheduler",
+    )
+
+
+def default_scheduler_name(base_config: dict[str, Any], flow_matching: bool) -> str:
+    """The request name that builds the pipeline's own scheduler, for /v1/models; else "default"."""
+    class_name = base_config["_class_name"]
+    for name, scheduler_class in (FLOW_SCHEDULERS if flow_matching else DISCRETE_SCHEDULERS).items():
+        flow_sigmas = bool(base_config.get("use_flow_sigmas", False))
+        if scheduler_class.__name__ == class_name and (name == "flow_dpm++") == (flow_matching and flow_sigmas):
+            return name
+    return DEFAULT_SCHEDULER
 
 
 class SchedulerFactory:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,14 +19,30 @@ TRITON_TO_NUMPY = {
     "TYPE_STRING": np.object_,
 }
 
+# Names of the dynamic axes (the -1 dims). Export, TensorRT profiles and sample inputs turn them into
+# concrete sizes through `concrete_shape`, so what an axis means is written once.
+HEIGHT, WIDTH = "height", "width"  # pixels
+LATENT_HEIGHT, LATENT_WIDTH = "latent_height", "latent_width"
+IMAGE_TOKENS = "image_tokens"  # packed 2x2 latent patches (Flux)
+TEXT_LENGTH = "text_length"  # the variable-length (T5) prompt tokens
+DENOISER_TEXT_LENGTH = "denoiser_text_length"  # the prompt length the denoiser model sees (SD3: 77 + T5)
+
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One named tensor: Triton dtype and dims *without* the batch dimension (-1 = dynamic)."""
+    """One named tensor: Triton dtype and dims *without* the batch dimension (-1 = dynamic).
+
+    `axes` names each -1 dim in order (see the axis names above).
+    """
 
     name: str
     dtype: str
     dims: tuple[int, ...]
+    axes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.axes) != sum(1 for d in self.dims if d == -1):
+            raise ValueError(f"{self.name}: name every dynamic dim of {self.dims}, got axes {self.axes}")
 
     @property
     def numpy_dtype(self) -> type:
@@ -35,22 +53,70 @@ class TensorSpec:
         """The datatype string tritonclient uses ("FP32", "BYTES", ...)."""
         return "BYTES" if self.dtype == "TYPE_STRING" else self.dtype.removeprefix("TYPE_")
 
+    def concrete_shape(self, batch: int, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        """(batch, *dims) with each dynamic dim replaced by `sizes[axis]`."""
+        names = iter(self.axes)
+        return (batch, *(sizes[next(names)] if d == -1 else d for d in self.dims))
+
+    def dynamic_axes(self) -> dict[int, str]:
+        """ONNX dynamic_axes entry: the batch and every named axis."""
+        names = iter(self.axes)
+        return {0: "batch"} | {i + 1: next(names) for i, d in enumerate(self.dims) if d == -1}
+
+
+def scalar(name: str, dtype: str) -> TensorSpec:
+    return TensorSpec(name, dtype, (1,))
+
 
 # The request contract of every pipeline ensemble: one Triton request carries all `num_images`.
 ENSEMBLE_INPUTS = (
-    TensorSpec("prompt", "TYPE_STRING", (1,)),
-    TensorSpec("negative_prompt", "TYPE_STRING", (1,)),
-    TensorSpec("num_images", "TYPE_INT32", (1,)),
-    TensorSpec("num_inference_steps", "TYPE_INT32", (1,)),
-    TensorSpec("guidance_scale", "TYPE_FP32", (1,)),
-    TensorSpec("seed", "TYPE_INT64", (1,)),
-    TensorSpec("height", "TYPE_INT32", (1,)),
-    TensorSpec("width", "TYPE_INT32", (1,)),
-    TensorSpec("scheduler", "TYPE_STRING", (1,)),
+    scalar("prompt", "TYPE_STRING"),
+    scalar("negative_prompt", "TYPE_STRING"),
+    scalar("num_images", "TYPE_INT32"),
+    scalar("num_inference_steps", "TYPE_INT32"),
+    scalar("guidance_scale", "TYPE_FP32"),
+    scalar("seed", "TYPE_INT64"),
+    scalar("height", "TYPE_INT32"),
+    scalar("width", "TYPE_INT32"),
+    scalar("scheduler", "TYPE_STRING"),
+    scalar("max_sequence_length", "TYPE_INT32"),  # T5 prompt length; 0 = the pipeline's default
+    scalar("true_cfg_scale", "TYPE_FP32"),  # Flux: classifier-free guidance with a negative prompt
 )
-ENSEMBLE_OUTPUT = TensorSpec("images", "TYPE_UINT8", (-1, -1, -1, 3))  # N x H x W x RGB
+ENSEMBLE_OUTPUT = TensorSpec("images", "TYPE_UINT8", (-1, -1, -1, 3), ("images", HEIGHT, WIDTH))  # N x H x W x RGB
+# The inputs the tokenizer model takes; the rest go to the denoiser.
+TEXT_INPUTS = ("prompt", "negative_prompt", "max_sequence_length")
 
-# Ensemble config parameter that marks a model as a D-Gate pipeline (what /v1/models lists),
-# and the one naming its family ("unet" or "dit").
+# Ensemble config parameter that marks a model as a D-Gate pipeline (what /v1/models lists).
 PIPELINE_MARKER_PARAMETER = "dgate_pipeline"
-PIPELINE_FAMILY_PARAMETER = "dgate_family"
+
+
+def ensemble_arrays(values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """One [1]-shaped array per ensemble input, from a mapping of input name -> Python value.
+
+    The one place that turns a request into Triton tensors: the frontend, the benchmark and the
+    tests all call it (through `infer_inputs` for tritonclient objects).
+    """
+    arrays = {}
+    for tensor in ENSEMBLE_INPUTS:
+        value = values[tensor.name]
+        arrays[tensor.name] = np.array([value.encode() if isinstance(value, str) else value], dtype=tensor.numpy_dtype)
+    return arrays
+
+
+def infer_inputs(client_module: Any, values: Mapping[str, Any], dtypes: Mapping[str, str] | None = None) -> list[Any]:
+    """tritonclient `InferInput`s (http, grpc or their aio twins: pass the module) for a request.
+
+    `dtypes` overrides an input's datatype, to send a wrong one on purpose (tests).
+    """
+    inputs = []
+    for name, array in ensemble_arrays(values).items():
+        tensor = next(t for t in ENSEMBLE_INPUTS if t.name == name)
+        datatype = (dtypes or {}).get(name, tensor.client_dtype)
+        if datatype != tensor.client_dtype:
+            from tritonclient.utils import triton_to_np_dtype
+
+            array = array.astype(triton_to_np_dtype(datatype))
+        infer_input = client_module.InferInput(name, list(array.shape), datatype)
+        infer_input.set_data_from_numpy(array)
+        inputs.append(infer_input)
+    return inputs

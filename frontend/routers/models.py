@@ -13,10 +13,12 @@ router = APIRouter(tags=["models"])
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(state: State) -> ModelList:
     names = await state.engine.list_pipelines()
-    return ModelList(data=[ModelObject(id=name, created=state.started) for name in names])
+    limits = [await state.engine.pipeline_limits(name) for name in names]  # cached by the engine
+    return ModelList(data=[ModelObject.from_limits(name, state.started, lim) for name, lim in zip(names, limits,
+                                                                                                  strict=True)])
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelObject)
 async def retrieve_model(model_id: str, state: State) -> ModelObject:
-    await state.engine.pipeline_limits(model_id)  # ModelNotFound -> 404 for components and unknown names
-    return ModelObject(id=model_id, created=state.started)
+    limits = await state.engine.pipeline_limits(model_id)  # ModelNotFound -> 404 for components, unknown names
+    return ModelObject.from_limits(model_id, state.started, limits)

@@ -1,0 +1,236 @@
+"""What every family adapter answers, and the behaviour most families share.
+
+A family adapter is the one place that knows a diffusers pipeline class: how to derive its spec
+from the checkpoint's configs, which tensors its denoiser model takes, how to wrap its modules for
+export, and how one denoising step is fed (conditioning, timesteps, latents). Export, config
+rendering and the denoiser model ask the adapter; nothing else branches on the family.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from dgate.core.limits import GenerationLimits
+from dgate.core.params import DenoiseParams
+from dgate.core.pipeline_spec import PipelineSpec, TextEncoderSpec
+from dgate.core.schedulers import default_scheduler_name, scheduler_names
+from dgate.core.tensors import (
+    DENOISER_TEXT_LENGTH,
+    HEIGHT,
+    LATENT_HEIGHT,
+    LATENT_WIDTH,
+    TEXT_LENGTH,
+    WIDTH,
+    TensorSpec,
+)
+
+DEFAULT_MAX_IMAGES = 10  # OpenAI's `n` limit
+DEFAULT_MAX_STEPS = 100
+DEFAULT_MAX_GUIDANCE = 50.0
+
+# text encoder component -> its outputs for the [negative, prompt] rows: hidden_states, pooled, attention_mask
+TextOutputs = dict[str, dict[str, np.ndarray]]
+
+
+def per_image(rows: np.ndarray, num_images: int, cfg: bool) -> np.ndarray:
+    """[negative, prompt] rows -> [negative]*n + [prompt]*n (or [prompt]*n without guidance)."""
+    rows = rows if cfg else rows[1:]
+    return np.repeat(rows, num_images, axis=0)
+
+
+def call_defaults(pipe: Any) -> dict[str, Any]:
+    """The pipeline's `__call__` defaults (steps, guidance, max_sequence_length)."""
+    return {key: p.default for key, p in inspect.signature(type(pipe).__call__).parameters.items()}
+
+
+def clip_encoder(pipe: Any, index: str, *, hidden_layer: int, hidden: bool = True, pooled: bool = False
+                 ) -> TextEncoderSpec:
+    """A CLIP text encoder (fixed 77-token window) as a pipeline uses it."""
+    encoder, tokenizer = getattr(pipe, f"text_encoder{index}"), getattr(pipe, f"tokenizer{index}")
+    config = encoder.config
+    pooled_size = getattr(config, "projection_dim", 0) if hasattr(encoder, "text_projection") else config.hidden_size
+    return TextEncoderSpec(
+        component=f"text_encoder{index}", tokenizer=f"tokenizer{index}", vocab_size=config.vocab_size,
+        max_length=tokenizer.model_max_length, variable_length=False,
+        hidden_size=config.hidden_size if hidden else 0, hidden_layer=hidden_layer,
+        pooled_size=pooled_size if pooled else 0, takes_attention_mask=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def t5_encoder(pipe: Any, index: str, *, max_length: int, takes_attention_mask: bool) -> TextEncoderSpec:
+    """A T5 encoder: padded to the request's max_sequence_length."""
+    encoder, tokenizer = getattr(pipe, f"text_encoder{index}"), getattr(pipe, f"tokenizer{index}")
+    return TextEncoderSpec(
+        component=f"text_encoder{index}", tokenizer=f"tokenizer{index}", vocab_size=encoder.config.vocab_size,
+        max_length=max_length, variable_length=True, hidden_size=encoder.config.d_model, hidden_layer=-1,
+        pooled_size=0, takes_attention_mask=takes_attention_mask, pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+class Family:
+    """Defaults fit a discrete-time, epsilon-style pipeline with classifier-free guidance."""
+
+    name: ClassVar[str]
+    pipeline_classes: ClassVar[tuple[str, ...]]
+    denoiser_component: ClassVar[str] = "unet"
+    flow_matching: ClassVar[bool] = False
+    scales_model_input: ClassVar[bool] = True  # discrete schedulers rescale the input per sigma
+    true_cfg: ClassVar[bool] = False
+
+    # --- derivation from a loaded diffusers pipeline ---------------------------------------------
+    def text_encoders(self, pipe: Any) -> tuple[TextEncoderSpec, ...]:
+        raise NotImplementedError
+
+    def spatial_factor(self, pipe: Any, vae_scale_factor: int) -> int:
+        """Pixels per step of the size grid the exported denoiser can take."""
+        raise NotImplementedError
+
+    def spec_facts(self, pipe: Any) -> dict[str, Any]:
+        """Family facts stored in the spec (force_zeros_for_empty_prompt, guidance_embeds, patch_size)."""
+        return {}
+
+    def default_size(self, pipe: Any, vae_scale_factor: int) -> int:
+        """The pipeline's own default height/width."""
+        return int(getattr(pipe, self.denoiser_component).config.sample_size) * vae_scale_factor
+
+    def latent_channels(self, pipe: Any) -> int:
+        return int(getattr(pipe, self.denoiser_component).config.in_channels)
+
+    def out_channels(self, pipe: Any) -> int:
+        config = getattr(pipe, self.denoiser_component).config
+        return int(config.out_channels or config.in_channels)
+
+    def component_precision(self, pipe: Any, component: str, requested: str) -> str:
+        """Per-component precision for a requested one: T5 overflows in FP16 (diffusers keeps it in
+        FP32/BF16), and a VAE whose config says `force_upcast` (SDXL's) overflows too."""
+        if requested == "fp32":
+            return "fp32"
+        if component.startswith("text_encoder") and type(getattr(pipe, component)).__name__.startswith("T5"):
+            return "fp32"
+        if component.startswith("vae") and getattr(pipe.vae.config, "force_upcast", False):
+            return "fp32"
+        return requested
+
+    def derive_spec(self, pipe: Any, name: str, *, max_size: int | None = None, default_steps: int | None = None,
+                    max_steps: int = DEFAULT_MAX_STEPS, precision: str = "fp32",
+                    default_scheduler: str | None = None) -> PipelineSpec:
+        vae = pipe.vae.config
+        vae_scale_factor = 2 ** (len(vae.block_out_channels) - 1)
+        defaults = call_defaults(pipe)
+        size_multiple = math.lcm(8, self.spatial_factor(pipe, vae_scale_factor))
+        default_size = self.default_size(pipe, vae_scale_factor)
+        max_size = max_size or 2 * default_size
+        encoders = self.text_encoders(pipe)
+        t5_length = max((e.max_length for e in encoders if e.variable_length), default=0)
+        scheduler_config = dict(pipe.scheduler.config)
+        schedulers = scheduler_names(self.flow_matching)
+        default_scheduler = default_scheduler or default_scheduler_name(scheduler_config, self.flow_matching)
+        if default_scheduler not in schedulers:
+            raise ValueError(f"default scheduler {default_scheduler!r} is not one of {', '.join(schedulers)}")
+        limits = GenerationLimits(
+            family=self.name,
+            default_width=default_size,
+            default_height=default_size,
+            min_size=max(size_multiple, default_size // 4 // size_multiple * size_multiple),
+            max_width=max_size,
+            max_height=max_size,
+            size_multiple=size_multiple,
+            default_steps=default_steps or defaults["num_inference_steps"],
+            max_steps=max_steps,
+            max_images=DEFAULT_MAX_IMAGES,
+            default_guidance_scale=float(defaults["guidance_scale"]),
+            max_guidance_scale=DEFAULT_MAX_GUIDANCE,
+            default_scheduler=default_scheduler,
+            schedulers=schedulers,
+            default_max_sequence_length=t5_length,
+            max_sequence_length=max(t5_length, *(e.max_length for e in encoders)) if t5_length else 0,
+            true_cfg=self.true_cfg,
+        )
+        components = (*(e.component for e in encoders), self.denoiser_component, "vae_decoder", "vae_encoder")
+        return PipelineSpec(
+            name=name,
+            pipeline_class=type(pipe).__name__,
+            family=self.name,
+            denoiser_component=self.denoiser_component,
+            latent_channels=self.latent_channels(pipe),
+            denoiser_out_channels=self.out_channels(pipe),
+            vae_scale_factor=vae_scale_factor,
+            vae_scaling_factor=float(vae.scaling_factor),
+            vae_shift_factor=None if getattr(vae, "shift_factor", None) is None else float(vae.shift_factor),
+            text_encoders=encoders,
+            limits=limits,
+            precisions={c: self.component_precision(pipe, c, precision) for c in components},
+            **self.spec_facts(pipe),
+        )
+
+    # --- tensors ----------------------------------------------------------------------------------
+    def sample_tensor(self, spec: PipelineSpec) -> TensorSpec:
+        return TensorSpec("sample", "TYPE_FP32", (spec.latent_channels, -1, -1), (LATENT_HEIGHT, LATENT_WIDTH))
+
+    def denoiser_inputs(self, spec: PipelineSpec) -> tuple[TensorSpec, ...]:
+        raise NotImplementedError
+
+    def denoiser_outputs(self, spec: PipelineSpec) -> tuple[TensorSpec, ...]:
+        return (TensorSpec("noise_pred", "TYPE_FP32", (spec.denoiser_out_channels, -1, -1),
+                           (LATENT_HEIGHT, LATENT_WIDTH)),)
+
+    def component_io(self, spec: PipelineSpec, component: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        """(inputs, outputs) of an exported component: text_encoder*, unet|transformer, vae_*."""
+        latent = TensorSpec("latent", "TYPE_FP32", (spec.latent_channels, -1, -1), (LATENT_HEIGHT, LATENT_WIDTH))
+        image = TensorSpec("image", "TYPE_FP32", (3, -1, -1), (HEIGHT, WIDTH))
+        if component == spec.denoiser_component:
+            return self.denoiser_inputs(spec), self.denoiser_outputs(spec)
+        if component == "vae_decoder":
+            return (latent,), (image,)
+        if component == "vae_encoder":
+            return (image,), (latent,)
+        encoder = spec.text_encoder(component)
+        return encoder.inputs, encoder.outputs
+
+    def denoiser_text_length(self, spec: PipelineSpec, t5_length: int) -> int:
+        """Prompt tokens the denoiser model sees when T5 is padded to `t5_length`."""
+        return t5_length
+
+    def axis_sizes(self, spec: PipelineSpec, height: int, width: int, t5_length: int | None = None
+                   ) -> dict[str, int]:
+        """Concrete sizes of every named dynamic axis for an image of height x width."""
+        t5_length = t5_length or spec.limits.default_max_sequence_length
+        scale = spec.vae_scale_factor
+        return {HEIGHT: height, WIDTH: width, LATENT_HEIGHT: height // scale, LATENT_WIDTH: width // scale,
+                TEXT_LENGTH: t5_length, DENOISER_TEXT_LENGTH: self.denoiser_text_length(spec, t5_length)}
+
+    # --- export -----------------------------------------------------------------------------------
+    def denoiser_module(self, pipe: Any, spec: PipelineSpec) -> nn.Module:
+        """The UNet/transformer wrapped to take exactly `denoiser_inputs` and return `noise_pred`."""
+        raise NotImplementedError
+
+    # --- one request's denoising --------------------------------------------------------------------
+    def cfg_scale(self, params: DenoiseParams) -> float | None:
+        """The classifier-free guidance scale, or None when the request runs without it."""
+        # diffusers: do_classifier_free_guidance = guidance_scale > 1
+        return params.guidance_scale if params.guidance_scale > 1.0 else None
+
+    def conditioning(self, spec: PipelineSpec, text: TextOutputs, params: DenoiseParams, cfg: bool
+                     ) -> dict[str, np.ndarray]:
+        """The denoiser model inputs that stay the same for every step, one row per model row."""
+        raise NotImplementedError
+
+    def set_timesteps(self, scheduler: Any, spec: PipelineSpec, params: DenoiseParams) -> None:
+        scheduler.set_timesteps(params.num_inference_steps)
+
+    def initial_latents(self, spec: PipelineSpec, params: DenoiseParams, scheduler: Any,
+                        generator: torch.Generator) -> torch.Tensor:
+        shape = spec.latent_shape(params.num_images, params.height, params.width)
+        latents = randn_tensor(shape, generator=generator, dtype=torch.float32)
+        return latents * scheduler.init_noise_sigma if self.scales_model_input else latents
+
+    def timestep_input(self, t: torch.Tensor, rows: int) -> np.ndarray:
+        return np.full((rows, 1), float(t), dtype=np.float32)

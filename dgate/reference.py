@@ -1,0 +1,104 @@
+"""The diffusers pipeline itself, called for one D-Gate request: what served images must equal.
+
+One place for the reference call (tests, `dgate bench`), and for running D-Gate's own loop in
+process on the pipeline's PyTorch modules (the core's bit-exactness check).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from dgate.core.denoise import denoise
+from dgate.core.families import family_of
+from dgate.core.families.base import TextOutputs
+from dgate.core.images import to_uint8_images
+from dgate.core.params import DenoiseParams
+from dgate.core.pipeline_spec import PipelineSpec
+from dgate.core.schedulers import SchedulerFactory, build_scheduler
+from dgate.core.tokenization import PromptTokenizer
+
+
+def diffusers_call_kwargs(pipe: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+    """`pipe(**kwargs)` arguments equivalent to a D-Gate request (ensemble input values)."""
+    accepted = inspect.signature(type(pipe).__call__).parameters
+    kwargs: dict[str, Any] = {
+        "prompt": values["prompt"],
+        # D-Gate's "" is the pipeline's default (None for most: SDXL then zeroes the negative
+        # embeddings, Flux skips true CFG; "" for PixArt).
+        "negative_prompt": values["negative_prompt"] or accepted["negative_prompt"].default,
+        "num_images_per_prompt": values["num_images"],
+        "num_inference_steps": values["num_inference_steps"],
+        "guidance_scale": values["guidance_scale"],
+        "height": values["height"],
+        "width": values["width"],
+        "generator": torch.Generator().manual_seed(int(values["seed"])),
+        "output_type": "np",
+    }
+    if values.get("max_sequence_length") and "max_sequence_length" in accepted:
+        kwargs["max_sequence_length"] = values["max_sequence_length"]
+    if "true_cfg_scale" in accepted:
+        kwargs["true_cfg_scale"] = values.get("true_cfg_scale", 1.0)
+    for flag in ("use_resolution_binning", "clean_caption"):  # PixArt: not applied by D-Gate
+        if flag in accepted:
+            kwargs[flag] = False
+    return kwargs
+
+
+def diffusers_images(pipe: Any, values: Mapping[str, Any]) -> np.ndarray:
+    """The pipeline's own output for the request as uint8 [N, H, W, 3], with the request's scheduler."""
+    scheduler = values.get("scheduler", "default")
+    original = pipe.scheduler
+    if scheduler != "default":
+        pipe.scheduler = build_scheduler(scheduler, dict(original.config))
+    try:
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe(**diffusers_call_kwargs(pipe, values)).images
+    finally:
+        pipe.scheduler = original
+    # diffusers' numpy output is float [0, 1]; its PIL conversion is (x * 255).round().
+    return (np.asarray(images) * 255).round().astype(np.uint8)
+
+
+def torch_text_outputs(pipe: Any, spec: PipelineSpec, prompt: str, negative_prompt: str,
+                       max_sequence_length: int = 0) -> TextOutputs:
+    """What the tokenize + text encoder models produce, computed with the PyTorch encoders."""
+    from dgate.export.wrappers import TextEncoderWrapper
+
+    t5_length = max_sequence_length or spec.limits.default_max_sequence_length
+    text: TextOutputs = {}
+    for encoder in spec.text_encoders:
+        tokenizer = getattr(pipe, encoder.tokenizer)
+        ids, mask = PromptTokenizer.from_transformers(tokenizer, encoder.pad_token_id)(
+            [negative_prompt, prompt], t5_length if encoder.variable_length else encoder.max_length)
+        wrapper = TextEncoderWrapper(getattr(pipe, encoder.component), encoder).eval()
+        with torch.inference_mode():
+            outputs = wrapper(torch.from_numpy(ids), torch.from_numpy(mask))
+        names = [t.name for t in encoder.outputs]
+        text[encoder.component] = {name: out.numpy() for name, out in zip(names, outputs, strict=True)}
+        text[encoder.component]["attention_mask"] = mask
+    return text
+
+
+def torch_loop_images(pipe: Any, spec: PipelineSpec, values: Mapping[str, Any]) -> np.ndarray:
+    """D-Gate's loop run in process on the pipeline's PyTorch modules, decoded by its VAE."""
+    from dgate.export.wrappers import VaeDecoderWrapper
+
+    params = DenoiseParams(**{k: values[k] for k in DenoiseParams.__dataclass_fields__})
+    text = torch_text_outputs(pipe, spec, values["prompt"], params.negative_prompt, params.max_sequence_length)
+    module = family_of(spec).denoiser_module(pipe, spec).eval()
+    names = [t.name for t in family_of(spec).denoiser_inputs(spec)]
+
+    def predict(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return module(*(torch.from_numpy(inputs[name]) for name in names)).numpy()
+
+    latents = denoise(spec, params, SchedulerFactory(dict(pipe.scheduler.config)), text, predict)
+    decoder = VaeDecoderWrapper(pipe.vae, spec.vae_scaling_factor, spec.vae_shift_factor).eval()
+    with torch.inference_mode():
+        decoded = decoder(torch.from_numpy(latents)).numpy()
+    return to_uint8_images(decoded)
