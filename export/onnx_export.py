@@ -22,11 +22,12 @@ from dgate.core.errors import ExportError
 from dgate.core.families import family_of
 from dgate.core.onnx_session import create_session
 from dgate.core.pipeline_spec import PipelineSpec
-from dgate.export.onnx_fixes import drop_dynamic_squeeze_branches
+from dgate.export.onnx_fixes import drop_dynamic_squeeze_branches, register_missing_symbolics
 
 logger = logging.getLogger(__name__)
 
 OPSET = 17
+DYNAMO_OPSET = 18  # the dynamo exporter's lowest
 # Max abs error allowed between ONNX Runtime and PyTorch, relative to the output's magnitude.
 TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2}
 MODEL_FILE = "model.onnx"
@@ -97,10 +98,13 @@ def save_onnx(model: onnx.ModelProto, directory: Path, threshold: int = EXTERNAL
 def export_onnx(module: nn.Module, spec: PipelineSpec, component: str, inputs: dict[str, torch.Tensor],
                 directory: Path, threshold: int = EXTERNAL_DATA_THRESHOLD) -> dict[str, Path]:
     """Trace `module` into `directory` (opset 17, dynamic batch and named axes); returns its files."""
-    input_specs, output_specs = family_of(spec).component_io(spec, component)
+    family = family_of(spec)
+    input_specs, output_specs = family.component_io(spec, component)
     raw = directory / "traced"  # the exporter writes one file per weight for >2 GB models
     raw.mkdir(parents=True, exist_ok=True)
     axes = {t.name: t.dynamic_axes() for t in (*input_specs, *output_specs)}
+    dynamo = component == spec.denoiser_component and family.dynamo_export
+    register_missing_symbolics(OPSET)
     with torch.inference_mode():
         torch.onnx.export(
             module,
@@ -109,9 +113,11 @@ def export_onnx(module: nn.Module, spec: PipelineSpec, component: str, inputs: d
             input_names=[t.name for t in input_specs],
             output_names=[t.name for t in output_specs],
             dynamic_axes=axes,
-            opset_version=OPSET,
+            opset_version=DYNAMO_OPSET if dynamo else OPSET,
             do_constant_folding=True,
-            dynamo=False,  # the dynamo exporter is slower here and fails on quantized models
+            # TorchScript by default: faster here, and the dynamo exporter fails on quantized models.
+            dynamo=dynamo,
+            **({"external_data": True} if dynamo else {}),
         )
     model = onnx.load(str(raw / MODEL_FILE))  # with its external weights, if any
     drop_dynamic_squeeze_branches(model)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import onnx
+import torch
 from onnx import helper
 
 logger = logging.getLogger(__name__)
@@ -34,3 +36,24 @@ def drop_dynamic_squeeze_branches(model: onnx.ModelProto) -> int:
     if replaced:
         logger.info("replaced %d dynamic squeeze branch(es) with identity", replaced)
     return replaced
+
+
+def _rms_norm(g: Any, input: Any, normalized_shape: Any, weight: Any, eps: Any) -> Any:
+    """aten::rms_norm as opset-17 ops: x / sqrt(mean(x^2 over the normalized dims) + eps) * weight."""
+    from torch.onnx import symbolic_helper
+
+    dims = symbolic_helper._get_const(normalized_shape, "is", "normalized_shape")
+    epsilon = None if symbolic_helper._is_none(eps) else symbolic_helper._maybe_get_const(eps, "f")
+    if epsilon is None:
+        epsilon = torch.finfo(torch.float32).eps  # torch's default for float32 inputs
+    squared = g.op("Pow", input, g.op("Constant", value_t=torch.tensor(2.0)))
+    mean = g.op("ReduceMean", squared, axes_i=list(range(-len(dims), 0)), keepdims_i=1)
+    norm = g.op("Sqrt", g.op("Add", mean, g.op("Constant", value_t=torch.tensor(float(epsilon)))))
+    out = g.op("Div", input, norm)
+    return out if symbolic_helper._is_none(weight) else g.op("Mul", out, weight)
+
+
+def register_missing_symbolics(opset: int) -> None:
+    """Teach the TorchScript exporter ops it lacks at `opset`: torch.nn.RMSNorm (Flux's q/k norms)
+    became aten::rms_norm, which has no ONNX symbolic before RMSNormalization (opset 23)."""
+    torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)

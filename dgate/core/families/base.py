@@ -84,6 +84,9 @@ class Family:
     flow_matching: ClassVar[bool] = False
     scales_model_input: ClassVar[bool] = True  # discrete schedulers rescale the input per sigma
     true_cfg: ClassVar[bool] = False
+    # The TorchScript exporter bakes some traced shapes into constants (Flux's rotary reshape); those
+    # denoisers export with torch's dynamo exporter, which keeps the dynamic axes symbolic.
+    dynamo_export: ClassVar[bool] = False
 
     # --- derivation from a loaded diffusers pipeline ---------------------------------------------
     def text_encoders(self, pipe: Any) -> tuple[TextEncoderSpec, ...]:

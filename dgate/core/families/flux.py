@@ -61,6 +61,7 @@ class Flux(FlowMatchingFamily):
     denoiser_component = "transformer"
     default_max_shift = 1.15
     true_cfg = True
+    dynamo_export = True  # TorchScript bakes the image-token count into apply_rotary_emb's reshape
 
     def text_encoders(self, pipe: Any) -> tuple[TextEncoderSpec, ...]:
         length = call_defaults(pipe)["max_sequence_length"]
