@@ -76,10 +76,12 @@ def torch_text_outputs(pipe: Any, spec: PipelineSpec, prompt: str, negative_prom
         ids, mask = PromptTokenizer.from_transformers(tokenizer, encoder.pad_token_id)(
             [negative_prompt, prompt], t5_length if encoder.variable_length else encoder.max_length)
         wrapper = TextEncoderWrapper(getattr(pipe, encoder.component), encoder).eval()
+        # One prompt at a time, as diffusers' encode_prompt does: a batched matmul can round differently.
         with torch.inference_mode():
-            outputs = wrapper(torch.from_numpy(ids), torch.from_numpy(mask))
+            rows = [wrapper(torch.from_numpy(ids[i : i + 1]), torch.from_numpy(mask[i : i + 1])) for i in range(2)]
         names = [t.name for t in encoder.outputs]
-        text[encoder.component] = {name: out.numpy() for name, out in zip(names, outputs, strict=True)}
+        text[encoder.component] = {name: np.concatenate([row[k].numpy() for row in rows])
+                                   for k, name in enumerate(names)}
         text[encoder.component]["attention_mask"] = mask
     return text
 

@@ -4,6 +4,16 @@ They have the real pipelines' structure (same classes, configs shaped the same w
 save and reload) but only a few megabytes of weights, so export, serving and the frontend can be
 exercised end to end without the Hugging Face hub, at well under a second per image on a CPU.
 Everything is seeded, so two builds give byte-identical weights.
+
+- tiny-sd: StableDiffusionPipeline (CLIP, UNet, 4-channel VAE, Euler)
+- tiny-pixart: PixArtSigmaPipeline (T5, DiT, 4-channel VAE, DPM-Solver++)
+- tiny-sdxl: StableDiffusionXLPipeline (CLIP + projected CLIP, "text_time" UNet, 4-channel VAE, Euler)
+- tiny-sd3: StableDiffusion3Pipeline (2 projected CLIPs + T5, MMDiT, 16-channel VAE, flow matching)
+- tiny-flux: FluxPipeline, FLUX.1-dev style (CLIP pooled + T5, guidance-embedded Flux transformer,
+  16-channel VAE, flow matching with resolution-dependent shift)
+- tiny-flux-schnell (by name only): the same without guidance embedding or shift, like FLUX.1-schnell
+
+Full-size random-weight pipelines (real architectures) are in `dgate.full_size`.
 """
 
 from __future__ import annotations

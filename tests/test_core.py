@@ -205,7 +205,11 @@ def test_core_loop_with_torch_models_equals_diffusers(pipes: dict, specs: dict, 
     if name == "tiny-flux":
         values["height"] = 64  # Flux packs 2x2 latents: sizes are multiples of 8 here
     expected = diffusers_images(pipes[name], values)
-    np.testing.assert_array_equal(torch_loop_images(pipes[name], specs[name], values), expected)
+    served = torch_loop_images(pipes[name], specs[name], values)
+    # Bit for bit, except Flux's true CFG: diffusers runs the prompt and the negative prompt as two
+    # batch-1 calls where D-Gate sends one batch of two, and a batched matmul may round differently.
+    allowed = 1 if values["true_cfg_scale"] > 1 else 0
+    assert np.abs(served.astype(int) - expected.astype(int)).max() <= allowed
     assert expected.std() > 5
 
 

@@ -11,7 +11,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from dgate.core.errors import ExportError
+from dgate.core.families import family_of, spec_from_pipeline
 from dgate.core.pipeline_spec import PipelineSpec
+from dgate.export.onnx_export import EXTERNAL_DATA_FILE
 from dgate.export.pipeline_export import export_pipeline
 from dgate.export.repository import write_model
 from dgate.export.tensorrt_build import build_engine, profile_shapes
@@ -27,7 +29,7 @@ from dgate.export.triton_config import (
 
 @pytest.fixture(scope="module")
 def specs(tiny_models: dict[str, Path]) -> dict[str, PipelineSpec]:
-    return {name: PipelineSpec.from_pipeline(DiffusionPipeline.from_pretrained(str(path)), name)
+    return {name: spec_from_pipeline(DiffusionPipeline.from_pretrained(str(path)), name)
             for name, path in tiny_models.items()}
 
 
@@ -35,34 +37,52 @@ def _parse(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-def test_repository_has_every_model_with_onnx_and_shims(model_repository: Path) -> None:
-    for pipeline, denoiser in (("tiny-sd", "unet"), ("tiny-pixart", "transformer")):
-        for component in ("text_encoder", denoiser, "vae_decoder", "vae_encoder"):
+def test_repository_has_every_model_with_onnx_and_shims(model_repository: Path, specs: dict) -> None:
+    for pipeline, spec in specs.items():
+        for component in spec.exported_components:
             model_dir = model_repository / f"{pipeline}_{component}"
             onnx.checker.check_model(str(model_dir / "1" / "model.onnx"))
             assert "from dgate.model_repository.component_model import" in (model_dir / "1" / "model.py").read_text()
             config = _parse((model_dir / "config.pbtxt").read_text())
             assert config.backend == "python" and config.dynamic_batching.max_queue_delay_microseconds > 0
-        assert (model_repository / f"{pipeline}_tokenize" / "1" / "tokenizer").is_dir()
-        assert PipelineSpec.load(model_repository / f"{pipeline}_denoiser" / "1" / "pipeline.json").name == pipeline
+        for encoder in spec.text_encoders:
+            assert (model_repository / f"{pipeline}_tokenize" / "1" / encoder.tokenizer / "tokenizer.json").is_file()
+        assert PipelineSpec.load(model_repository / f"{pipeline}_denoiser" / "1" / "pipeline.json") == spec
     assert not [p for p in model_repository.iterdir() if p.name.startswith(".")], "staging dirs left behind"
     transformer = onnx.load(str(model_repository / "tiny-pixart_transformer" / "1" / "model.onnx"))
     assert "If" not in {node.op_type for node in transformer.graph.node}
+
+
+def test_external_data_models_keep_their_weights_beside_the_graph(model_repository: Path, specs: dict) -> None:
+    """tiny-sdxl is exported with external data (conftest): one data file per model, moved with it."""
+    for component in specs["tiny-sdxl"].exported_components:
+        version = model_repository / f"tiny-sdxl_{component}" / "1"
+        assert (version / EXTERNAL_DATA_FILE).stat().st_size > 0
+        graph = onnx.load(str(version / "model.onnx"), load_external_data=False)
+        assert all(init.data_location == onnx.TensorProto.EXTERNAL for init in graph.graph.initializer
+                   if init.dims and max(init.dims) > 16)
+    assert not (model_repository / "tiny-sd_unet" / "1" / EXTERNAL_DATA_FILE).exists()
 
 
 def test_ensemble_wires_the_component_tensors(specs: dict[str, PipelineSpec]) -> None:
     for spec in specs.values():
         config = _parse(render(ensemble_config(spec)))
         steps = {step.model_name.removeprefix(f"{spec.name}_"): step for step in config.ensemble_scheduling.step}
-        assert list(steps) == ["tokenize", "text_encoder", "denoiser", "vae_decoder", "postprocess"]
-        text_inputs = {t.name for t in spec.text_encoder_inputs}
-        assert set(steps["text_encoder"].input_map) == text_inputs
+        encoders = [e.component for e in spec.text_encoders]
+        assert list(steps) == ["tokenize", *encoders, "denoiser", "vae_decoder", "postprocess"]
+        tokenize = _parse(render(tokenize_config(spec, ServingOptions())))
+        produced = {t.name for t in tokenize.output}
+        for encoder in spec.text_encoders:
+            assert set(steps[encoder.component].input_map) == {t.name for t in encoder.inputs}
+            assert {f"{encoder.component}_{t.name}" for t in encoder.inputs} <= produced
         denoiser = _parse(render(denoiser_config(spec, ServingOptions())))
         assert set(steps["denoiser"].input_map) == {t.name for t in denoiser.input}
+        ensemble_tensors = {t.name for t in config.input} | {
+            value for step in steps.values() for value in step.output_map.values()}
+        assert set(steps["denoiser"].input_map.values()) <= ensemble_tensors  # every input is produced
         assert config.parameters["dgate_pipeline"].string_value == "true"
         assert config.parameters["max_steps"].string_value == str(spec.limits.max_steps)
-        tokenize = _parse(render(tokenize_config(spec)))
-        assert list(tokenize.output[0].dims) == [2, spec.text_max_length]
+        assert config.parameters["family"].string_value == spec.family
 
 
 def test_native_configs_for_the_ngc_image(specs: dict[str, PipelineSpec]) -> None:
@@ -78,10 +98,28 @@ def test_native_configs_for_the_ngc_image(specs: dict[str, PipelineSpec]) -> Non
 
 def test_tensorrt_profiles_cover_the_limits(specs: dict[str, PipelineSpec]) -> None:
     spec = specs["tiny-sd"]
-    shapes = profile_shapes(spec, spec.denoiser_model_inputs, max_batch_size=20)
+    shapes = profile_shapes(spec, "unet", max_batch_size=20)
     assert shapes["sample"] == ((1, 4, 8, 8), (2, 4, 32, 32), (20, 4, 64, 64))
     assert shapes["encoder_hidden_states"][2] == (20, 77, 32)
-    assert profile_shapes(spec, spec.vae_decoder_outputs, 10)["image"][2] == (10, 3, 128, 128)
+    assert profile_shapes(spec, "vae_encoder", 10)["image"][2] == (10, 3, 128, 128)
+    flux = specs["tiny-flux"]
+    shapes = profile_shapes(flux, "transformer", max_batch_size=20)
+    assert shapes["encoder_hidden_states"] == ((1, 1, 32), (2, 512, 32), (20, 512, 32))  # T5 length 1..512
+    assert shapes["img_ids"][2] == (20, (512 // 4) ** 2, 3)  # packed 2x2 latent tokens at the largest size
+    assert profile_shapes(flux, "text_encoder_2", 20)["input_ids"][1] == (2, 512)
+    sd3 = specs["tiny-sd3"]
+    assert profile_shapes(sd3, "transformer", 20)["encoder_hidden_states"][1][1] == 77 + 256  # CLIP + T5
+
+
+def test_every_family_has_a_denoiser_wrapper_matching_its_tensors(specs: dict[str, PipelineSpec],
+                                                                   tiny_models: dict[str, Path]) -> None:
+    import inspect
+
+    for name, spec in specs.items():
+        family = family_of(spec)
+        module = family.denoiser_module(DiffusionPipeline.from_pretrained(str(tiny_models[name])), spec)
+        names = list(inspect.signature(module.forward).parameters)
+        assert names[: len(family.denoiser_inputs(spec))] == [t.name for t in family.denoiser_inputs(spec)]
 
 
 def test_tensorrt_needs_the_native_backend_and_the_package(tiny_models: dict, tmp_path: Path) -> None:
@@ -98,6 +136,7 @@ def test_fp16_export_stays_close_to_pytorch(tiny_models: dict, tmp_path: Path) -
     report = export_pipeline(str(tiny_models["tiny-sd"]), tmp_path, name="sd16", precision="fp16")
     fp16 = {check.component: check for check in report.checks if check.precision == "fp16"}
     assert set(fp16) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    assert report.spec.precisions == dict.fromkeys(fp16, "fp16")
     assert all(check.ok for check in fp16.values())
     unet = onnx.load(str(tmp_path / "sd16_unet" / "1" / "model.onnx"))
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in unet.graph.initializer)

@@ -37,7 +37,12 @@ from dgate.frontend.logs import JsonFormatter
 from dgate.frontend.schemas import GenerationParams
 from dgate.frontend.settings import FrontendSettings
 
+# The scheduler names as `dgate.core.schedulers.scheduler_names` lists them, written out here so that
+# these tests stay torch-free.
+UNET_SCHEDULERS = ("euler", "euler_a", "ddim", "dpm++", "pndm", "default")
+FLOW_SCHEDULERS = ("flow_euler", "flow_dpm++", "default")
 SD_LIMITS = GenerationLimits(
+    family="sd",
     default_width=64,
     default_height=48,
     min_size=32,
@@ -50,8 +55,13 @@ SD_LIMITS = GenerationLimits(
     default_guidance_scale=7.5,
     max_guidance_scale=20.0,
     default_scheduler="euler",
+    schedulers=UNET_SCHEDULERS,
+    default_max_sequence_length=0,  # CLIP only: no T5 encoder
+    max_sequence_length=0,
+    true_cfg=False,
 )
 PIXART_LIMITS = GenerationLimits(
+    family="pixart",
     default_width=32,
     default_height=32,
     min_size=32,
@@ -64,6 +74,29 @@ PIXART_LIMITS = GenerationLimits(
     default_guidance_scale=4.5,
     max_guidance_scale=10.0,
     default_scheduler="dpm++",
+    schedulers=UNET_SCHEDULERS,
+    default_max_sequence_length=120,  # T5
+    max_sequence_length=300,
+    true_cfg=False,
+)
+FLUX_LIMITS = GenerationLimits(
+    family="flux",
+    default_width=64,
+    default_height=64,
+    min_size=32,
+    max_width=128,
+    max_height=128,
+    size_multiple=16,
+    default_steps=4,
+    max_steps=28,
+    max_images=2,
+    default_guidance_scale=3.5,
+    max_guidance_scale=10.0,
+    default_scheduler="flow_euler",
+    schedulers=FLOW_SCHEDULERS,
+    default_max_sequence_length=256,  # T5 (and CLIP's 77)
+    max_sequence_length=512,
+    true_cfg=True,
 )
 ERROR_KEYS = {"message", "type", "param", "code"}
 
@@ -81,10 +114,10 @@ def fake_images(params: GenerationParams) -> np.ndarray:
 
 
 class FakeEngine:
-    """`ImageEngine` with two pipelines; `up` and `failure` switch on the error paths."""
+    """`ImageEngine` with three pipelines; `up` and `failure` switch on the error paths."""
 
     def __init__(self) -> None:
-        self.pipelines = {"tiny-sd": SD_LIMITS, "tiny-pixart": PIXART_LIMITS}
+        self.pipelines = {"tiny-sd": SD_LIMITS, "tiny-pixart": PIXART_LIMITS, "tiny-flux": FLUX_LIMITS}
         self.calls: list[tuple[str, GenerationParams]] = []
         self.up = True
         self.failure: Exception | None = None
@@ -195,7 +228,9 @@ def test_generate_n_non_square_png_is_one_engine_call_with_exact_pixels(
         seed=42,
         height=64,
         width=128,
-        scheduler="default",
+        scheduler="euler",  # none requested: the pipeline's default_scheduler
+        max_sequence_length=0,  # no T5 encoder
+        true_cfg_scale=1.0,
     )
     assert (response.size, response.output_format, response.quality, response.background) == (
         "128x64",
@@ -233,8 +268,10 @@ def test_lossy_formats_honour_output_compression(client: OpenAI, fmt: str, pil_f
         assert (image.format, image.size) == (pil_format, (256, 128))
         sizes[compression] = len(raw)
         if compression == 95:  # close to the source at high quality
-            source = fake_images(GenerationParams(prompt="", negative_prompt="", num_images=1, num_inference_steps=1,
-                                           guidance_scale=0.0, seed=7, height=128, width=256, scheduler="default"))[0]
+            source = fake_images(GenerationParams(
+                prompt="", negative_prompt="", num_images=1, num_inference_steps=1, guidance_scale=0.0, seed=7,
+                height=128, width=256, scheduler="default", max_sequence_length=0, true_cfg_scale=1.0,
+            ))[0]
             assert np.abs(np.asarray(image.convert("RGB")).astype(int) - source).mean() < 3
     assert sizes[5] < sizes[95]
 
@@ -327,7 +364,7 @@ def test_default_model_is_the_first_pipeline_or_the_configured_one(
     client: OpenAI, engine: FakeEngine
 ) -> None:
     client.images.generate(prompt="p")
-    assert engine.calls[-1][0] == "tiny-pixart"  # sorted first
+    assert engine.calls[-1][0] == "tiny-flux"  # sorted first
     other = FakeEngine()
     base_url, stop = start_frontend(FrontendSettings(default_model="tiny-sd"), other)
     try:
@@ -353,9 +390,63 @@ def test_ignored_openai_fields_are_accepted_and_identifier_echoed(client: OpenAI
 # --- models ---------------------------------------------------------------------------------------------
 
 
+# What /v1/models reports beyond OpenAI's fields: the fake engine's limits, written out.
+MODEL_FIELDS = {
+    "tiny-flux": {
+        "family": "flux",
+        "default_size": "64x64",
+        "max_size": "128x128",
+        "min_size": 32,
+        "size_multiple": 16,
+        "default_steps": 4,
+        "max_steps": 28,
+        "max_images": 2,
+        "default_guidance_scale": 3.5,
+        "default_scheduler": "flow_euler",
+        "schedulers": ["flow_euler", "flow_dpm++", "default"],
+        "default_max_sequence_length": 256,
+        "max_sequence_length": 512,
+        "true_cfg": True,
+    },
+    "tiny-pixart": {
+        "family": "pixart",
+        "default_size": "32x32",
+        "max_size": "128x128",
+        "min_size": 32,
+        "size_multiple": 8,
+        "default_steps": 4,
+        "max_steps": 8,
+        "max_images": 2,
+        "default_guidance_scale": 4.5,
+        "default_scheduler": "dpm++",
+        "schedulers": ["euler", "euler_a", "ddim", "dpm++", "pndm", "default"],
+        "default_max_sequence_length": 120,
+        "max_sequence_length": 300,
+        "true_cfg": False,
+    },
+    "tiny-sd": {
+        "family": "sd",
+        "default_size": "64x48",
+        "max_size": "256x256",
+        "min_size": 32,
+        "size_multiple": 16,
+        "default_steps": 20,
+        "max_steps": 50,
+        "max_images": 4,
+        "default_guidance_scale": 7.5,
+        "default_scheduler": "euler",
+        "schedulers": ["euler", "euler_a", "ddim", "dpm++", "pndm", "default"],
+        "default_max_sequence_length": 0,
+        "max_sequence_length": 0,
+        "true_cfg": False,
+    },
+}
+OPENAI_MODEL_KEYS = {"id", "object", "created", "owned_by"}
+
+
 def test_models_list_and_retrieve(client: OpenAI) -> None:
     models = client.models.list()
-    assert [m.id for m in models.data] == ["tiny-pixart", "tiny-sd"]
+    assert [m.id for m in models.data] == ["tiny-flux", "tiny-pixart", "tiny-sd"]
     for model in models.data:
         assert (model.object, model.owned_by) == ("model", "dgate") and abs(model.created - time.time()) < 600
     model = client.models.retrieve("tiny-sd")
@@ -363,6 +454,29 @@ def test_models_list_and_retrieve(client: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.models.retrieve("text_encoder")
     assert caught.value.code == "model_not_found"
+
+
+def test_models_report_the_pipeline_limits_on_both_endpoints(client: OpenAI, base_url: str) -> None:
+    status, _, body = http("GET", f"{base_url}/v1/models")
+    assert status == 200
+    listed = json.loads(body)
+    assert listed["object"] == "list"
+    for item in listed["data"]:
+        assert set(item) == OPENAI_MODEL_KEYS | set(MODEL_FIELDS[item["id"]]), item
+        assert {key: item[key] for key in MODEL_FIELDS[item["id"]]} == MODEL_FIELDS[item["id"]]
+    assert {item["id"] for item in listed["data"]} == set(MODEL_FIELDS)
+    for name, expected in MODEL_FIELDS.items():
+        status, _, body = http("GET", f"{base_url}/v1/models/{name}")
+        assert status == 200
+        retrieved = json.loads(body)
+        assert {key: retrieved[key] for key in expected} == expected
+        # ... and the same object as in the list.
+        assert retrieved == next(item for item in listed["data"] if item["id"] == name)
+    # The openai client keeps them as extra attributes of its Model.
+    model = client.models.retrieve("tiny-flux")
+    assert model.model_extra["schedulers"] == ["flow_euler", "flow_dpm++", "default"]
+    assert model.model_extra["true_cfg"] is True
+    assert [m.model_extra["family"] for m in client.models.list().data] == ["flux", "pixart", "sd"]
 
 
 # --- bad input ------------------------------------------------------------------------------------------
@@ -384,6 +498,19 @@ BAD_REQUESTS = [
     ({"extra_body": {"num_inference_steps": 51}}, "num_inference_steps"),
     ({"quality": "high", "extra_body": {"num_inference_steps": 5}}, "num_inference_steps"),
     ({"extra_body": {"scheduler": "magic"}}, "scheduler"),
+    ({"extra_body": {"scheduler": "flow_euler"}}, "scheduler"),  # a flow-matching name on a UNet pipeline
+    ({"model": "tiny-flux", "extra_body": {"scheduler": "euler"}}, "scheduler"),  # and the reverse
+    ({"extra_body": {"max_sequence_length": 16}}, "max_sequence_length"),  # tiny-sd has no T5 encoder
+    ({"extra_body": {"max_sequence_length": 0}}, "max_sequence_length"),
+    ({"model": "tiny-pixart", "extra_body": {"max_sequence_length": 0}}, "max_sequence_length"),
+    ({"model": "tiny-pixart", "extra_body": {"max_sequence_length": 301}}, "max_sequence_length"),
+    ({"model": "tiny-flux", "extra_body": {"max_sequence_length": 513}}, "max_sequence_length"),
+    ({"model": "tiny-flux", "extra_body": {"max_sequence_length": -1}}, "max_sequence_length"),
+    ({"extra_body": {"true_cfg_scale": 4.0}}, "true_cfg_scale"),  # tiny-sd: no true CFG
+    ({"extra_body": {"true_cfg_scale": 0.0}}, "true_cfg_scale"),
+    ({"model": "tiny-pixart", "extra_body": {"true_cfg_scale": 2.0}}, "true_cfg_scale"),
+    ({"model": "tiny-flux", "extra_body": {"true_cfg_scale": 10.5}}, "true_cfg_scale"),  # > max_guidance_scale
+    ({"model": "tiny-flux", "extra_body": {"true_cfg_scale": -1}}, "true_cfg_scale"),
     ({"extra_body": {"guidance_scale": 20.5}}, "guidance_scale"),
     ({"extra_body": {"guidance_scale": -1}}, "guidance_scale"),
     ({"extra_body": {"seed": -1}}, "seed"),
@@ -412,6 +539,124 @@ def test_bad_input_is_400_naming_the_param(
     assert error.status_code == 400 and error.param == param and error.type == "invalid_request_error"
     assert_error_body(error.response.content, param=param, type="invalid_request_error")
     assert error.message and len(engine.calls) == calls_before  # rejected before reaching the engine
+
+
+def bad_request(client: OpenAI, **kwargs: Any) -> dict[str, Any]:
+    """The error object of a request that must be a 400."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(**{"prompt": "p", **kwargs})
+    return assert_error_body(caught.value.response.content, type="invalid_request_error", code="invalid_value")
+
+
+@pytest.mark.parametrize(
+    "model,scheduler,allowed",
+    [
+        ("tiny-sd", "flow_euler", "euler, euler_a, ddim, dpm++, pndm, default"),
+        ("tiny-pixart", "magic", "euler, euler_a, ddim, dpm++, pndm, default"),
+        ("tiny-flux", "dpm++", "flow_euler, flow_dpm++, default"),
+    ],
+)
+def test_scheduler_outside_the_pipeline_list_names_the_allowed_ones(
+    client: OpenAI, engine: FakeEngine, model: str, scheduler: str, allowed: str
+) -> None:
+    calls_before = len(engine.calls)
+    error = bad_request(client, model=model, extra_body={"scheduler": scheduler})
+    assert error["param"] == "scheduler"
+    family = MODEL_FIELDS[model]["family"]
+    assert error["message"] == f"scheduler must be one of {allowed} for this {family} pipeline, got {scheduler!r}"
+    assert len(engine.calls) == calls_before
+
+
+@pytest.mark.parametrize("model", sorted(MODEL_FIELDS))
+def test_omitted_scheduler_is_the_pipeline_default_and_every_listed_one_is_accepted(
+    client: OpenAI, engine: FakeEngine, model: str
+) -> None:
+    client.images.generate(model=model, prompt="p")
+    assert engine.calls[-1][1].scheduler == MODEL_FIELDS[model]["default_scheduler"]
+    for scheduler in MODEL_FIELDS[model]["schedulers"]:
+        client.images.generate(model=model, prompt="p", extra_body={"scheduler": scheduler})
+        assert engine.calls[-1][1].scheduler == scheduler  # "default" too: the core resolves it, not the frontend
+
+
+def test_max_sequence_length_needs_a_t5_encoder_and_stays_within_its_limit(client: OpenAI) -> None:
+    error = bad_request(client, model="tiny-sd", extra_body={"max_sequence_length": 77})
+    assert error["param"] == "max_sequence_length"
+    assert error["message"] == (
+        "max_sequence_length applies to pipelines with a T5 text encoder; this sd pipeline has none"
+    )
+    error = bad_request(client, model="tiny-pixart", extra_body={"max_sequence_length": 301})
+    assert (error["param"], error["message"]) == (
+        "max_sequence_length",
+        "max_sequence_length must be between 1 and 300, got 301",
+    )
+
+
+def test_max_sequence_length_defaults_and_bounds_on_a_t5_pipeline(client: OpenAI, engine: FakeEngine) -> None:
+    client.images.generate(model="tiny-pixart", prompt="p")
+    assert engine.calls[-1][1].max_sequence_length == 120  # the pipeline's default_max_sequence_length
+    for length in (1, 300):
+        client.images.generate(model="tiny-pixart", prompt="p", extra_body={"max_sequence_length": length})
+        assert engine.calls[-1][1].max_sequence_length == length
+    client.images.generate(model="tiny-sd", prompt="p")
+    assert engine.calls[-1][1].max_sequence_length == 0  # no T5: nothing to pad
+
+
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-pixart"])
+def test_true_cfg_scale_is_refused_where_the_pipeline_has_no_true_cfg(
+    client: OpenAI, engine: FakeEngine, model: str
+) -> None:
+    error = bad_request(client, model=model, extra_body={"true_cfg_scale": 4.0, "negative_prompt": "blur"})
+    assert error["param"] == "true_cfg_scale"
+    family = MODEL_FIELDS[model]["family"]
+    assert error["message"] == (
+        f"true_cfg_scale applies to pipelines with true classifier-free guidance (flux); this {family} "
+        "pipeline uses guidance_scale"
+    )
+    # 1.0 (no true CFG) is the neutral value and is accepted everywhere.
+    client.images.generate(model=model, prompt="p", extra_body={"true_cfg_scale": 1.0})
+    assert engine.calls[-1][1].true_cfg_scale == 1.0
+
+
+def test_flux_pipeline_takes_true_cfg_scale_and_max_sequence_length(client: OpenAI, engine: FakeEngine) -> None:
+    response = client.images.generate(
+        model="tiny-flux",
+        prompt="a lighthouse",
+        n=2,
+        size="128x96",
+        extra_body={
+            "seed": 3,
+            "negative_prompt": "fog",
+            "true_cfg_scale": 4.0,
+            "max_sequence_length": 512,
+            "scheduler": "flow_dpm++",
+        },
+    )
+    name, params = engine.calls[-1]
+    assert name == "tiny-flux"
+    assert params == GenerationParams(
+        prompt="a lighthouse",
+        negative_prompt="fog",
+        num_images=2,
+        num_inference_steps=4,
+        guidance_scale=3.5,
+        seed=3,
+        height=96,
+        width=128,
+        scheduler="flow_dpm++",
+        max_sequence_length=512,
+        true_cfg_scale=4.0,
+    )
+    assert response.size == "128x96" and len(response.data) == 2
+    assert decode(response.data[0].b64_json).size == (128, 96)
+    # Omitted: the pipeline's defaults (flow_euler, 256 T5 tokens, no true CFG).
+    client.images.generate(model="tiny-flux", prompt="p")
+    params = engine.calls[-1][1]
+    assert (params.scheduler, params.max_sequence_length, params.true_cfg_scale) == ("flow_euler", 256, 1.0)
+    assert (params.width, params.height, params.guidance_scale) == (64, 64, 3.5)
+    # The bounds are inclusive; 0 disables true CFG as 1 does.
+    for scale in (0.0, 10.0):
+        client.images.generate(model="tiny-flux", prompt="p", extra_body={"true_cfg_scale": scale})
+        assert engine.calls[-1][1].true_cfg_scale == scale
 
 
 def test_unknown_field_message_names_it(client: OpenAI) -> None:
@@ -632,10 +877,11 @@ def test_real_triton_engine_with_triton_down_answers_503() -> None:
         stop()
 
 
-def test_triton_engine_reads_limits_from_config_parameters() -> None:
+@pytest.mark.parametrize("limits", [SD_LIMITS, PIXART_LIMITS, FLUX_LIMITS], ids=lambda lim: lim.family)
+def test_triton_engine_reads_limits_from_config_parameters(limits: GenerationLimits) -> None:
     class StubClient:
         async def get_model_config(self, name: str, **_: Any) -> dict:
-            params = {"dgate_pipeline": "true", "dgate_family": "unet", **SD_LIMITS.to_parameters()}
+            params = {"dgate_pipeline": "true", **limits.to_parameters()}
             if name == "text_encoder":
                 params = {}
             return {
@@ -656,11 +902,50 @@ def test_triton_engine_reads_limits_from_config_parameters() -> None:
 
     async def scenario() -> None:
         assert await engine.list_pipelines() == ["tiny-sd"]
-        assert await engine.pipeline_limits("tiny-sd") == SD_LIMITS
+        assert await engine.pipeline_limits("tiny-sd") == limits
         with pytest.raises(ModelNotFound):
             await engine.pipeline_limits("text_encoder")
 
     asyncio.run(scenario())
+
+
+def test_triton_engine_sends_every_ensemble_input_with_its_dtype() -> None:
+    params = GenerationParams(
+        prompt="a lighthouse", negative_prompt="fog", num_images=2, num_inference_steps=4, guidance_scale=3.5,
+        seed=3, height=32, width=48, scheduler="flow_euler", max_sequence_length=512, true_cfg_scale=4.0,
+    )
+    sent: dict[str, Any] = {}
+
+    class Result:
+        def as_numpy(self, name: str) -> np.ndarray:
+            assert name == "images"
+            return fake_images(params)
+
+    class StubClient:
+        async def infer(self, name: str, inputs: list, **_: Any) -> Result:
+            sent.update({i.name(): (i.datatype(), i.shape(), i._raw_content) for i in inputs})
+            return Result()
+
+    engine = TritonImageEngine("unused:1", request_timeout_s=1)
+    engine._client = StubClient()  # type: ignore[assignment]
+    images = asyncio.run(engine.generate("tiny-flux", params))
+    np.testing.assert_array_equal(images, fake_images(params))
+    assert set(sent) == set(vars(params))
+    assert {name: (dtype, shape) for name, (dtype, shape, _) in sent.items()} == {
+        "prompt": ("BYTES", [1]),
+        "negative_prompt": ("BYTES", [1]),
+        "num_images": ("INT32", [1]),
+        "num_inference_steps": ("INT32", [1]),
+        "guidance_scale": ("FP32", [1]),
+        "seed": ("INT64", [1]),
+        "height": ("INT32", [1]),
+        "width": ("INT32", [1]),
+        "scheduler": ("BYTES", [1]),
+        "max_sequence_length": ("INT32", [1]),
+        "true_cfg_scale": ("FP32", [1]),
+    }
+    assert np.frombuffer(sent["max_sequence_length"][2], np.int32).tolist() == [512]
+    assert np.frombuffer(sent["true_cfg_scale"][2], np.float32).tolist() == [4.0]
 
 
 # --- the url image store -----------------------------------------------------------------------------------

@@ -37,18 +37,29 @@ def http(triton: Any) -> Any:
     client.close()
 
 
-@pytest.mark.parametrize(
-    ("model", "request_fields"),
-    [
-        ("tiny-sd", {"scheduler": "euler", "num_images": 2}),
-        ("tiny-sd", {"scheduler": "euler_a", "seed": 7, "negative_prompt": "blurry"}),
-        ("tiny-sd", {"scheduler": "ddim", "height": 48, "width": 80}),
-        ("tiny-sd", {"scheduler": "dpm++", "guidance_scale": 1.0}),  # no classifier-free guidance
-        ("tiny-pixart", {"scheduler": "default", "num_images": 2}),
-        ("tiny-pixart", {"scheduler": "euler_a", "height": 80, "width": 48, "guidance_scale": 3.0}),
-        ("tiny-pixart", {"scheduler": "ddim", "negative_prompt": "low quality", "seed": 123}),
-    ],
-)
+PARITY_CASES = [
+    ("tiny-sd", {"scheduler": "euler", "num_images": 2}),
+    ("tiny-sd", {"scheduler": "euler_a", "seed": 7, "negative_prompt": "blurry"}),
+    ("tiny-sd", {"scheduler": "ddim", "height": 48, "width": 80}),
+    ("tiny-sd", {"scheduler": "dpm++", "guidance_scale": 1.0}),  # no classifier-free guidance
+    ("tiny-pixart", {"scheduler": "default", "num_images": 2}),
+    ("tiny-pixart", {"scheduler": "euler_a", "height": 80, "width": 48, "guidance_scale": 3.0}),
+    ("tiny-pixart", {"scheduler": "ddim", "negative_prompt": "low quality", "seed": 123, "max_sequence_length": 60}),
+    # SDXL: an empty negative prompt is zero embeddings (force_zeros_for_empty_prompt), a given one is encoded.
+    ("tiny-sdxl", {"num_images": 2}),
+    ("tiny-sdxl", {"scheduler": "dpm++", "negative_prompt": "blurry", "height": 48, "width": 80, "seed": 5}),
+    ("tiny-sdxl", {"scheduler": "euler_a", "guidance_scale": 1.0}),
+    ("tiny-sd3", {"num_images": 2}),
+    ("tiny-sd3", {"scheduler": "flow_dpm++", "negative_prompt": "blurry", "height": 80, "width": 48}),
+    ("tiny-sd3", {"max_sequence_length": 77, "guidance_scale": 1.0, "seed": 9}),
+    # Flux "dev": guidance is embedded, no CFG; true CFG with a negative prompt when asked.
+    ("tiny-flux", {"num_images": 2, "guidance_scale": 3.5}),
+    ("tiny-flux", {"scheduler": "flow_dpm++", "height": 64, "width": 96, "max_sequence_length": 128}),
+    ("tiny-flux", {"true_cfg_scale": 4.0, "negative_prompt": "blurry", "seed": 3}),
+]
+
+
+@pytest.mark.parametrize(("model", "request_fields"), PARITY_CASES)
 def test_served_images_match_diffusers(grpc: Any, http: Any, tiny_models: dict, model: str,
                                        request_fields: dict) -> None:
     expected = reference_images(tiny_models[model], **request_fields)
@@ -60,7 +71,7 @@ def test_served_images_match_diffusers(grpc: Any, http: Any, tiny_models: dict, 
     assert expected.std() > 5, "a flat image would make the comparison meaningless"
 
 
-@pytest.mark.parametrize("model", ["tiny-sd", "tiny-pixart"])
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-flux"])
 def test_seed_determines_the_image(grpc: Any, model: str) -> None:
     first = generate(grpc, grpcclient, model, seed=42)
     again = generate(grpc, grpcclient, model, seed=42)
@@ -112,7 +123,7 @@ def test_concurrent_requests_share_unet_batches(grpc: Any, triton: Any) -> None:
         ({"scheduler": "magic"}, "scheduler must be one of"),
     ],
 )
-@pytest.mark.parametrize("model", ["tiny-sd", "tiny-pixart"])
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-pixart", "tiny-sdxl", "tiny-sd3", "tiny-flux"])
 def test_bad_input_is_a_clear_error_and_serving_goes_on(grpc: Any, http: Any, model: str, overrides: dict,
                                                         message: str) -> None:
     for client, module, status in ((grpc, grpcclient, "StatusCode.INVALID_ARGUMENT"), (http, httpclient, "400")):
@@ -123,6 +134,28 @@ def test_bad_input_is_a_clear_error_and_serving_goes_on(grpc: Any, http: Any, mo
     assert generate(grpc, grpcclient, model).shape == (1, 64, 64, 3)
 
 
+@pytest.mark.parametrize(
+    ("model", "overrides", "message"),
+    [
+        ("tiny-flux", {"width": 68}, "width must be a multiple of 8"),  # 2x2 packing of a factor-2 VAE
+        ("tiny-flux", {"scheduler": "euler_a"}, "scheduler must be one of flow_euler, flow_dpm++, default"),
+        ("tiny-sd3", {"scheduler": "pndm"}, "for this sd3 pipeline, got 'pndm'"),
+        ("tiny-sdxl", {"scheduler": "flow_euler"}, "scheduler must be one of euler, euler_a, ddim"),
+        ("tiny-flux", {"max_sequence_length": 513}, "max_sequence_length must be between 1 and 512"),
+        ("tiny-sd3", {"max_sequence_length": 100_000}, "max_sequence_length must be between 1 and 256"),
+        ("tiny-sd", {"max_sequence_length": 77}, "applies to pipelines with a T5 text encoder"),
+        ("tiny-sdxl", {"true_cfg_scale": 3.0}, "true_cfg_scale applies to pipelines with true classifier-free"),
+        ("tiny-flux", {"true_cfg_scale": -1.0}, "true_cfg_scale must be between"),
+    ],
+)
+def test_family_specific_bad_inputs(grpc: Any, http: Any, model: str, overrides: dict, message: str) -> None:
+    for client, module, status in ((grpc, grpcclient, "StatusCode.INVALID_ARGUMENT"), (http, httpclient, "400")):
+        with pytest.raises(InferenceServerException) as caught:
+            generate(client, module, model, **overrides)
+        assert message in caught.value.message(), caught.value.message()
+        assert caught.value.status() == status
+
+
 def test_wrong_dtype_is_rejected_by_triton(grpc: Any) -> None:
     with pytest.raises(InferenceServerException) as caught:
         grpc.infer("tiny-sd", ensemble_inputs(grpcclient, dtypes={"num_inference_steps": "FP32"}))
@@ -131,10 +164,11 @@ def test_wrong_dtype_is_rejected_by_triton(grpc: Any) -> None:
     assert generate(grpc, grpcclient, "tiny-sd").shape == (1, 64, 64, 3)
 
 
-def test_both_pipelines_are_listed_by_triton(grpc: Any) -> None:
+def test_every_pipeline_is_listed_by_triton(grpc: Any) -> None:
     index = {model.name: model.state for model in grpc.get_model_repository_index().models}
-    for pipeline in ("tiny-sd", "tiny-pixart"):
+    for pipeline in ("tiny-sd", "tiny-pixart", "tiny-sdxl", "tiny-sd3", "tiny-flux"):
         assert index[pipeline] == "READY"
         config = grpc.get_model_config(pipeline, as_json=True)["config"]
         assert config["parameters"]["dgate_pipeline"]["string_value"] == "true"
     assert index["tiny-sd_unet"] == "READY" and index["tiny-pixart_transformer"] == "READY"
+    assert index["tiny-sd3_text_encoder_3"] == "READY" and index["tiny-flux_text_encoder_2"] == "READY"
