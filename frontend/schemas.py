@@ -145,7 +145,8 @@ class ImageGenerationRequest(BaseModel):
             height=height,
             width=width,
             scheduler=limits.scheduler_for(self.scheduler),
-            max_sequence_length=limits.sequence_length_for(self.max_sequence_length or 0),
+            # Checked with the other fields below, so the first bad field is the one reported.
+            max_sequence_length=self.max_sequence_length or limits.default_max_sequence_length,
             true_cfg_scale=1.0 if self.true_cfg_scale is None else self.true_cfg_scale,
         )
         limits.validate(**vars(params))
@@ -204,6 +205,7 @@ class ModelObject(BaseModel):
     max_steps: int | None = None
     max_images: int | None = None
     default_guidance_scale: float | None = None
+    max_guidance_scale: float | None = Field(None, description="upper bound of guidance_scale and true_cfg_scale")
     default_scheduler: str | None = None
     schedulers: list[str] | None = Field(None, description="the scheduler names this pipeline accepts")
     default_max_sequence_length: int | None = Field(None, description="T5 prompt tokens by default (0: no T5)")
@@ -218,6 +220,7 @@ class ModelObject(BaseModel):
             max_size=f"{limits.max_width}x{limits.max_height}", min_size=limits.min_size,
             size_multiple=limits.size_multiple, default_steps=limits.default_steps, max_steps=limits.max_steps,
             max_images=limits.max_images, default_guidance_scale=limits.default_guidance_scale,
+            max_guidance_scale=limits.max_guidance_scale,
             default_scheduler=limits.default_scheduler, schedulers=list(limits.schedulers),
             default_max_sequence_length=limits.default_max_sequence_length,
             max_sequence_length=limits.max_sequence_length, true_cfg=limits.true_cfg,

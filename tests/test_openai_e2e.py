@@ -31,7 +31,8 @@ from dgate.triton_server import TritonServer, free_ports
 
 pytestmark = pytest.mark.slow
 
-PIPELINES = ("tiny-pixart", "tiny-sd")
+PIPELINES = ("tiny-pixart", "tiny-sd")  # the frontend's generic behaviour is checked on these two
+ALL_PIPELINES = ("tiny-flux", "tiny-pixart", "tiny-sd", "tiny-sd3", "tiny-sdxl")
 PROMPT = "a red fox in the snow"
 FAST = {"num_inference_steps": 2}
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -172,23 +173,31 @@ def test_size_auto_is_the_pipelines_default_size(client: OpenAI, model: str) -> 
 
 
 @pytest.mark.parametrize(
-    ("model", "n", "size"),
-    [("tiny-sd", 1, "64x64"), ("tiny-pixart", 1, "64x64"), ("tiny-sd", 2, "80x48"), ("tiny-pixart", 2, "48x80")],
+    ("model", "n", "size", "extra"),
+    [("tiny-sd", 1, "64x64", {"scheduler": "euler"}), ("tiny-pixart", 1, "64x64", {"scheduler": "euler"}),
+     ("tiny-sd", 2, "80x48", {"scheduler": "euler"}), ("tiny-pixart", 2, "48x80", {"scheduler": "euler"}),
+     ("tiny-sdxl", 2, "64x64", {}), ("tiny-sdxl", 1, "80x48", {"negative_prompt": "blurry"}),
+     ("tiny-sd3", 1, "48x80", {"scheduler": "flow_dpm++"}), ("tiny-sd3", 2, "64x64", {"max_sequence_length": 64}),
+     ("tiny-flux", 1, "64x64", {"guidance_scale": 3.5}),
+     ("tiny-flux", 2, "96x64", {"true_cfg_scale": 2.5, "negative_prompt": "blurry", "max_sequence_length": 100})],
 )
 def test_images_equal_diffusers_own_output(client: OpenAI, triton: Any, tiny_models: dict[str, Path], model: str,
-                                           n: int, size: str) -> None:
-    fields = {"seed": 5, "num_inference_steps": 4, "scheduler": "euler", "guidance_scale": 7.5,
-              "negative_prompt": ""}
+                                           n: int, size: str, extra: dict) -> None:
+    fields = {"seed": 5, "num_inference_steps": 4, "guidance_scale": 7.5, "negative_prompt": ""} | extra
     response = client.images.generate(prompt=PROMPT, model=model, n=n, size=size, output_format="png",
                                       extra_body=fields)
     width, height = (int(part) for part in size.split("x"))
+    # What the frontend fills in when the request leaves a field out: the pipeline's defaults.
+    limits = client.models.retrieve(model).model_extra or {}
+    filled = {"scheduler": limits["default_scheduler"], "max_sequence_length": limits["default_max_sequence_length"]}
     expected = reference_images(tiny_models[model], prompt=PROMPT, num_images=n, height=height, width=width,
-                                **fields)
+                                **(filled | fields))
     served = pixels(response)
     # The frontend adds nothing: its PNGs hold exactly the pixels Triton returns for the same request.
     direct = grpcclient.InferenceServerClient(triton.ports.grpc_url)
     try:
-        inputs = ensemble_inputs(grpcclient, prompt=PROMPT, num_images=n, height=height, width=width, **fields)
+        inputs = ensemble_inputs(grpcclient, prompt=PROMPT, num_images=n, height=height, width=width,
+                                 **(filled | fields))
         np.testing.assert_array_equal(served, direct.infer(model, inputs).as_numpy("images"))
     finally:
         direct.close()
@@ -238,10 +247,44 @@ def test_concurrent_requests_are_all_answered_correctly(client: OpenAI) -> None:
 
 def test_models_are_the_pipelines_only(client: OpenAI) -> None:
     models = client.models.list()
-    assert sorted(model.id for model in models.data) == sorted(PIPELINES)  # no tiny-sd_unet & co.
+    assert sorted(model.id for model in models.data) == sorted(ALL_PIPELINES)  # no tiny-sd_unet & co.
     assert all(model.object == "model" and model.owned_by == "dgate" for model in models.data)
-    for name in PIPELINES:
+    for name in ALL_PIPELINES:
         assert client.models.retrieve(name).id == name
+
+
+@pytest.mark.parametrize(
+    ("name", "family", "default_size", "default_scheduler", "t5", "true_cfg"),
+    [("tiny-sd", "sd", "64x64", "euler", 0, False), ("tiny-pixart", "pixart", "64x64", "dpm++", 300, False),
+     ("tiny-sdxl", "sdxl", "64x64", "euler", 0, False), ("tiny-sd3", "sd3", "64x64", "flow_euler", 256, False),
+     ("tiny-flux", "flux", "256x256", "flow_euler", 512, True)],
+)
+def test_models_report_what_a_request_may_ask(client: OpenAI, name: str, family: str, default_size: str,
+                                              default_scheduler: str, t5: int, true_cfg: bool) -> None:
+    listed = {model.id: model.model_extra for model in client.models.list().data}[name]
+    retrieved = client.models.retrieve(name).model_extra
+    assert listed == retrieved
+    assert retrieved["family"] == family and retrieved["default_size"] == default_size
+    assert retrieved["default_scheduler"] == default_scheduler and default_scheduler in retrieved["schedulers"]
+    assert retrieved["default_max_sequence_length"] == t5 and retrieved["true_cfg"] is true_cfg
+    assert retrieved["schedulers"][0] == ("flow_euler" if family in ("sd3", "flux") else "euler")
+    assert {"max_size", "size_multiple", "default_steps", "max_steps", "default_guidance_scale"} <= set(retrieved)
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "param", "message"),
+    [("tiny-flux", {"size": "68x64"}, "size", "width must be a multiple of 8"),
+     ("tiny-flux", {"extra_body": {"scheduler": "euler_a"}}, "scheduler", "flow_euler, flow_dpm++, default"),
+     ("tiny-flux", {"extra_body": {"max_sequence_length": 513}}, "max_sequence_length", "between 1 and 512"),
+     ("tiny-sd", {"extra_body": {"max_sequence_length": 77}}, "max_sequence_length", "T5"),
+     ("tiny-sdxl", {"extra_body": {"true_cfg_scale": 2.0}}, "true_cfg_scale", "true classifier-free")],
+)
+def test_family_specific_bad_input_is_a_400(client: OpenAI, model: str, fields: dict, param: str,
+                                             message: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(**({"prompt": PROMPT, "model": model, "size": "64x64"} | fields))
+    error = openai_error(caught.value, 400)
+    assert error["param"] == param and message in error["message"], error
 
 
 @pytest.mark.parametrize("name", ["no-such-model", "tiny-sd_unet", "tiny-pixart_text_encoder"])
@@ -264,7 +307,7 @@ def test_unknown_model_is_not_found(client: OpenAI, name: str) -> None:
     ("fields", "param", "message"),
     [
         ({"prompt": ""}, "prompt", "at least 1 character"),
-        ({"prompt": "   "}, "prompt", "non-whitespace"),
+        ({"prompt": "   "}, "prompt", "prompt must be a non-empty string"),
         ({"n": 0}, "n", "greater than or equal to 1"),
         ({"n": 11}, "n", "less than or equal to 10"),
         ({"size": "64x"}, "size", "'WIDTHxHEIGHT'"),

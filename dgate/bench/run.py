@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from dgate.bench import report
+from dgate.bench.footprint import format_footprint, tree_footprint
 from dgate.bench.reference import UnetReference
 from dgate.bench.servers import start_servers
 from dgate.bench.triton_stats import ModelCounters, StatsProbe, StepCost
@@ -147,6 +148,8 @@ def run_bench(args: argparse.Namespace) -> int:
             _served(servers, pipeline, component, workload, levels, args.requests, reference))
         if unet is not None:
             unet.measure()  # Triton idle again: a second sample, in case the first met a load spike
+        process = servers.triton.process
+        footprint = tree_footprint(process.pid) if process is not None else None
 
     results = [baseline, *served]
     found = report.targets(results, costs)
@@ -158,4 +161,6 @@ def run_bench(args: argparse.Namespace) -> int:
     print(report.table(results))
     for line in report.step_lines(costs, unet.ms if unet is not None else None) + report.target_lines(found):
         print(line)
+    if footprint is not None:  # every pipeline in the repository is loaded, not only the benchmarked one
+        print(format_footprint(footprint, title="Triton tree after the run"))
     return 0
