@@ -8,8 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 MODELS ?= build/models
 REPOSITORY ?= build/model_repository
+TINY ?= tiny-sd tiny-pixart tiny-sdxl tiny-sd3 tiny-flux
 
-.PHONY: install test test-fast serve lint bench clean
+.PHONY: install test test-fast serve lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,7 @@ install: $(VENV)/.installed
 
 test: install
 	$(BIN)/ruff check .
+	PYTHON=$(BIN)/python .ci/typecheck
 	$(BIN)/python -m pytest -v -rA
 
 test-fast: install
@@ -32,17 +34,21 @@ test-fast: install
 
 $(REPOSITORY)/.exported: $(VENV)/.installed
 	$(BIN)/dgate tiny --out $(MODELS)
-	$(BIN)/dgate export --model $(MODELS)/tiny-sd --model $(MODELS)/tiny-pixart --out $(REPOSITORY)
+	$(BIN)/dgate export $(foreach m,$(TINY),--model $(MODELS)/$(m)) --out $(REPOSITORY)
 	touch $@
 
 serve: $(REPOSITORY)/.exported
 	$(BIN)/dgate serve --model-repository $(REPOSITORY)
 
+BENCH_MODEL ?= tiny-sd
 bench: $(REPOSITORY)/.exported
-	$(BIN)/dgate bench --model-repository $(REPOSITORY) --model $(MODELS)/tiny-sd
+	$(BIN)/dgate bench --model-repository $(REPOSITORY) --model $(MODELS)/$(BENCH_MODEL)
 
 lint: install
 	$(BIN)/ruff check .
+
+typecheck: install
+	PYTHON=$(BIN)/python .ci/typecheck
 
 clean:
 	rm -rf build
