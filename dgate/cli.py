@@ -137,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="python: components run in Python-backend models (CPU build of Triton); "
                              "native: onnxruntime/tensorrt backend configs for the NGC image")
     export.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="instance kind of native models")
-    export.add_argument("--denoiser-instances", type=int, default=1,
-                        help="scheduler-loop instances (each is async and serves many requests at once)")
+    export.add_argument("--denoiser-instances", type=int, default=2,
+                        help="scheduler-loop instances = requests in flight per pipeline (~250 MB each)")
     export.add_argument("--component-instances", type=int, default=1)
     export.add_argument("--max-queue-delay-us", type=int, default=100)
     export.add_argument("--onnx-threads", type=int, default=0)

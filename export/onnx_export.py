@@ -92,6 +92,10 @@ def save_onnx(model: onnx.ModelProto, directory: Path, threshold: int = EXTERNAL
     files = {MODEL_FILE: path}
     if external:
         files[EXTERNAL_DATA_FILE] = directory / EXTERNAL_DATA_FILE
+    for file in files.values():
+        # onnx writes the data file owner-only (0600); a tritonserver running as another user
+        # (the NGC container's triton-server user) must read it like model.onnx.
+        file.chmod(0o644)
     return files
 
 

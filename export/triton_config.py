@@ -29,9 +29,10 @@ class ServingOptions:
     triton_backend: str = "python"  # "python" (CPU build, ORT/TensorRT inside Python models) | "native"
     engine: str = "onnxruntime"  # "onnxruntime" | "tensorrt"
     device: str = "cpu"  # where native component models run: "cpu" | "gpu"
-    # The denoiser is async (many requests in flight per instance), so one instance keeps the UNet's
-    # batches full; each instance is a process holding torch + diffusers (~230 MB).
-    denoiser_instances: int = 1
+    # Requests in flight per pipeline: each instance runs one request's loop, and the steps of the
+    # instances meet in the UNet's batcher. Each is a process with torch + diffusers (~250 MB PSS);
+    # two keep a 2-core CPU busy (the UNet's cost is linear in batch there), a GPU wants more.
+    denoiser_instances: int = 2
     component_instances: int = 1
     helper_instances: int = 1  # tokenizer and postprocess models: microseconds of work per request
     max_queue_delay_us: int = 100  # CPU: UNet cost is linear in batch, so waiting buys nothing (dgate bench)

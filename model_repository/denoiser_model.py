@@ -1,14 +1,14 @@
 """The scheduler loop as a Triton Python model; every step calls the UNet/transformer through BLS.
 
-`execute` is async (python_backend's "Async Execute"): while one request awaits its step, the
-instance runs the others, so one instance keeps many requests in flight and their steps meet in the
-UNet model's dynamic batcher. One instance holds torch + diffusers (~230 MB), so fewer instances
-keep the footprint small.
+Each instance runs one request at a time; the steps of requests on different instances meet in the
+UNet model's dynamic batcher. (python_backend runs an `async def execute` concurrently with the next
+requests only for decoupled models, and Triton's HTTP and non-streaming gRPC endpoints refuse an
+ensemble with a decoupled step, so concurrency here comes from instances.) Each instance is a
+process holding torch + diffusers (~250 MB PSS), so the count is a memory/throughput trade-off.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from dgate.core.denoise import denoise_async
+from dgate.core.denoise import denoise
 from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
 from dgate.core.params import DenoiseParams
@@ -38,18 +38,18 @@ class TritonPythonModel:
         # The scheduler math is tiny; the cores belong to the UNet model's instances.
         torch.set_num_threads(1)
 
-    async def _predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def _predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         request = pb_utils.InferenceRequest(
             model_name=self.denoiser_model,
             requested_output_names=["noise_pred"],
             inputs=[pb_utils.Tensor(name, inputs[name]) for name in self.model_inputs],
         )
-        response = await request.async_exec()
+        response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{self.denoiser_model}: {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, "noise_pred").as_numpy()
 
-    async def _run(self, request: Any) -> Any:
+    def _run(self, request: Any) -> Any:
         try:
             params = DenoiseParams(
                 num_images=int(input_scalar(request, "num_images")),
@@ -68,11 +68,11 @@ class TritonPythonModel:
                 component: {name: input_array(request, f"{component}_{name}") for name in names}
                 for component, names in self.text_inputs.items()
             }
-            latents = await denoise_async(self.spec, params, self.schedulers, text, self._predict,
-                                          is_cancelled=request.is_cancelled)
+            latents = denoise(self.spec, params, self.schedulers, text, self._predict,
+                              is_cancelled=request.is_cancelled)
             return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("latents", latents)])
         except Exception as error:
             return error_response(error)
 
-    async def execute(self, requests: list[Any]) -> list[Any]:
-        return list(await asyncio.gather(*(self._run(request) for request in requests)))
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return [self._run(request) for request in requests]

@@ -233,3 +233,15 @@ def test_cancellation_stops_the_loop(pipes: dict, specs: dict) -> None:
 def test_every_family_is_registered_once() -> None:
     classes = [c for family in FAMILIES.values() for c in family.pipeline_classes]
     assert len(classes) == len(set(classes))
+
+
+def test_flux_schnell_has_no_guidance_input_and_matches_diffusers(tmp_path: Path) -> None:
+    """A "schnell"-style checkpoint (no guidance embedding, no dynamic shift) through the same adapter."""
+    from dgate.tiny import build_tiny_pipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(build_tiny_pipeline("tiny-flux-schnell", tmp_path)))
+    spec = spec_from_pipeline(pipe, "schnell")
+    assert not spec.guidance_embeds
+    assert "guidance" not in {t.name for t in family_of(spec).denoiser_inputs(spec)}
+    values = _values(height=64, num_inference_steps=2, scheduler="flow_euler")
+    np.testing.assert_array_equal(torch_loop_images(pipe, spec, values), diffusers_images(pipe, values))

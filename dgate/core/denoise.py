@@ -1,16 +1,16 @@
 """The denoising loop, with the denoiser network call left to the caller.
 
 `denoise_steps` is a generator: it yields the model inputs of each step and is sent the model's
-`noise_pred` back, so the same loop runs with a blocking call (`denoise`: tests, benchmark) and
-with an awaited BLS call (`denoise_async`: the Triton denoiser model, which keeps many requests in
-flight on one instance). The arithmetic follows the diffusers pipelines step for step (same
+`noise_pred` back, so the caller owns the network call and everything between steps (the BLS call
+in Triton, PyTorch in the tests, and per-step previews or cancellation later) while the arithmetic
+stays in one place. The arithmetic follows the diffusers pipelines step for step (same
 `randn_tensor` call, timesteps, CFG order, learned-sigma split, step kwargs), so the same seed gives
 the same image as diffusers; what differs per family comes from its adapter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Generator
 
 import numpy as np
 import torch
@@ -23,7 +23,6 @@ from dgate.core.schedulers import SchedulerFactory, step_kwargs
 
 ModelInputs = dict[str, np.ndarray]
 Predict = Callable[[ModelInputs], np.ndarray]
-AsyncPredict = Callable[[ModelInputs], Awaitable[np.ndarray]]
 Steps = Generator[ModelInputs, np.ndarray, np.ndarray]
 
 
@@ -73,17 +72,3 @@ def denoise(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFact
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 
-
-async def denoise_async(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFactory,
-                        text: TextOutputs, predict: AsyncPredict,
-                        is_cancelled: Callable[[], bool] = lambda: False) -> np.ndarray:
-    """Run the loop with an awaited model call (other requests proceed while a step is in flight)."""
-    steps = denoise_steps(spec, params, schedulers, text)
-    try:
-        inputs = next(steps)
-        while True:
-            if is_cancelled():
-                raise DenoiseCancelled("request cancelled")
-            inputs = steps.send(await predict(inputs))
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]

@@ -113,12 +113,10 @@ class Family:
 
     def component_precision(self, pipe: Any, component: str, requested: str) -> str:
         """Per-component precision for a requested one: T5 overflows in FP16 (diffusers keeps it in
-        FP32/BF16), and a VAE whose config says `force_upcast` (SDXL's) overflows too."""
+        FP32/BF16)."""
         if requested == "fp32":
             return "fp32"
         if component.startswith("text_encoder") and type(getattr(pipe, component)).__name__.startswith("T5"):
-            return "fp32"
-        if component.startswith("vae") and getattr(pipe.vae.config, "force_upcast", False):
             return "fp32"
         return requested
 

@@ -37,6 +37,13 @@ class StableDiffusionXL(StableDiffusion):
         # diffusers' encode_prompt: hidden_states[-2] of each, the pooled output of the last one only.
         return (clip_encoder(pipe, "", hidden_layer=-2), clip_encoder(pipe, "_2", hidden_layer=-2, pooled=True))
 
+    def component_precision(self, pipe: Any, component: str, requested: str) -> str:
+        # StableDiffusionXLPipeline upcasts the VAE when its config says force_upcast: the SDXL VAE
+        # overflows in FP16 (the fp16-fix VAE sets it False).
+        if component.startswith("vae") and getattr(pipe.vae.config, "force_upcast", False):
+            return "fp32"
+        return super().component_precision(pipe, component, requested)
+
     def spec_facts(self, pipe: Any) -> dict[str, Any]:
         return {"force_zeros_for_empty_prompt": bool(pipe.config.force_zeros_for_empty_prompt)}
 
