@@ -35,8 +35,10 @@ def model_repository(tiny_models: dict[str, Path], tmp_path_factory: pytest.Temp
     from dgate.export.triton_config import ServingOptions
 
     repository = tmp_path_factory.mktemp("model_repository")
-    # Two ORT threads per component: this CI machine has two cores.
-    options = ServingOptions(onnx_threads=2)
+    # Two ORT threads per component: this CI machine has two cores. Four denoiser instances, so that
+    # steps of concurrent requests queue up together and the batching test can see them batched
+    # (with two, their steps alternate on the UNet).
+    options = ServingOptions(denoiser_instances=4, onnx_threads=2)
     for name, path in tiny_models.items():
         threshold = {"external_data_threshold": 0} if name == EXTERNAL_DATA_PIPELINE else {}
         export_pipeline(str(path), repository, options=options, **threshold)
