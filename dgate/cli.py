@@ -167,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="throughput/latency: frontend vs Triton vs in-process diffusers")
     bench.add_argument("--model-repository", type=Path, default=Path("build/model_repository"))
-    bench.add_argument("--model", type=Path, default=Path("build/models/tiny-sd"),
-                       help="the diffusers pipeline directory the served pipeline was exported from")
+    bench.add_argument("--model", type=Path, action="append",
+                       help="the diffusers pipeline directory a served pipeline was exported from; repeat to "
+                            "measure several in one run (default: build/models/tiny-sd)")
     bench.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     bench.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     bench.add_argument("--steps", type=int, default=4)

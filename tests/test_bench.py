@@ -28,9 +28,15 @@ def _table(output: str) -> list[list[str]]:
 def test_bench_prints_the_table(tiny_models: dict[str, Path], model_repository: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["bench", "--model-repository", str(model_repository), "--model", str(tiny_models["tiny-sd"]),
-                 "--concurrency", "1", "--requests", "2", "--steps", "2"])
-    output = capsys.readouterr().out
-    assert code == 0, output
+                 "--model", str(tiny_models["tiny-flux"]), "--concurrency", "1", "--requests", "2", "--steps", "2"])
+    everything = capsys.readouterr().out
+    assert code == 0, everything
+    # One report per pipeline from one server start, then the Triton tree's memory.
+    assert everything.count("dgate bench: pipeline ") == 2 and "pipeline tiny-flux (flux)" in everything
+    assert "Triton tree after the run: " in everything and " GB PSS in " in everything
+    flux_report = everything[everything.index("pipeline tiny-flux"):]
+    assert "UNet batching 1.00 rows" in flux_report  # Flux runs without CFG: one row per request-step
+    output = everything[: everything.index("pipeline tiny-flux")]
     header, *rows = _table(output)
     assert [cell.strip() for cell in header if cell.strip()] == COLUMNS
     assert [(row[0], row[1]) for row in rows] == [("diffusers", "1"), ("triton", "1"), ("frontend", "1")]
@@ -47,3 +53,4 @@ def test_bench_prints_the_table(tiny_models: dict[str, Path], model_repository: 
     assert "overhead" in step_line and "UNet batching 2.00 rows" in step_line  # one CFG request per execution
     assert "BLS step cost (per-step overhead = " in output
     assert output.count("[MET]") + output.count("[MISSED]") == 3
+    _table(flux_report)

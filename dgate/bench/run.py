@@ -117,50 +117,62 @@ def _unet_reference(model_dir: Path, spec: PipelineSpec, size: int) -> UnetRefer
     return reference
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    model_dir, repository = Path(args.model), Path(args.model_repository)
-    pipeline = model_dir.name
-    spec_file = repository / f"{pipeline}_denoiser" / "1" / "pipeline.json"
+def _spec(repository: Path, model_dir: Path) -> PipelineSpec:
+    spec_file = repository / f"{model_dir.name}_denoiser" / "1" / "pipeline.json"
     if not spec_file.is_file():
-        raise SystemExit(f"{repository} has no pipeline '{pipeline}' (looked for {spec_file}); "
+        raise SystemExit(f"{repository} has no pipeline '{model_dir.name}' (looked for {spec_file}); "
                          f"export {model_dir} into it first")
-    spec = PipelineSpec.load(spec_file)
-    component = spec.denoiser_component
-    levels = sorted(set(args.concurrency))
-    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    size = args.size or spec.limits.default_width
-    workload = Workload(steps=args.steps, size=size, guidance_scale=spec.limits.default_guidance_scale)
-    load_before = _load()
-    log.info("load average before: %s", load_before)
+    return PipelineSpec.load(spec_file)
 
-    with tempfile.TemporaryDirectory(prefix="dgate-bench-") as workdir, \
-            start_servers(repository, Path(workdir)) as servers:
-        log.info("loading %s in-process with diffusers", model_dir)
-        diffusers = DiffusersPath(model_dir, workload)
-        for seed in WARMUP_SEEDS[:2]:
-            diffusers.generate(seed)
-        baseline = diffusers.measure(range(MEASURED_SEED, MEASURED_SEED + args.requests), report.DIFFUSERS)
-        log.info("diffusers: %.2f img/s, p50 %.1f ms", baseline.throughput, baseline.percentile_ms(50))
-        reference = diffusers.generate(MEASURED_SEED)
-        unet = _unet_reference(repository / f"{pipeline}_{component}", spec, workload.size)
-        served, costs, notes = asyncio.run(
-            _served(servers, pipeline, component, workload, levels, args.requests, reference))
-        if unet is not None:
-            unet.measure()  # Triton idle again: a second sample, in case the first met a load spike
-        process = servers.triton.process
-        footprint = tree_footprint(process.pid) if process is not None else None
+
+def _bench_pipeline(args: argparse.Namespace, servers: Any, repository: Path, model_dir: Path) -> None:
+    """Diffusers in process, then Triton and the frontend, for one pipeline; prints its report."""
+    spec = _spec(repository, model_dir)
+    pipeline, component = model_dir.name, spec.denoiser_component
+    levels = sorted(set(args.concurrency))
+    workload = Workload(steps=args.steps, size=args.size or spec.limits.default_width,
+                        guidance_scale=spec.limits.default_guidance_scale)
+    load_before = _load()
+    log.info("%s: load average before: %s; loading it in-process with diffusers", pipeline, load_before)
+    diffusers = DiffusersPath(model_dir, workload)
+    for seed in WARMUP_SEEDS[:2]:
+        diffusers.generate(seed)
+    baseline = diffusers.measure(range(MEASURED_SEED, MEASURED_SEED + args.requests), report.DIFFUSERS)
+    log.info("diffusers: %.2f img/s, p50 %.1f ms", baseline.throughput, baseline.percentile_ms(50))
+    reference = diffusers.generate(MEASURED_SEED)
+    del diffusers
+    unet = _unet_reference(repository / f"{pipeline}_{component}", spec, workload.size)
+    served, costs, notes = asyncio.run(
+        _served(servers, pipeline, component, workload, levels, args.requests, reference))
+    if unet is not None:
+        unet.measure()  # Triton idle again: a second sample, in case the first met a load spike
 
     results = [baseline, *served]
     found = report.targets(results, costs)
-    print(f"dgate bench: pipeline {pipeline}, {workload.steps} steps, {workload.size}x{workload.size}, "
-          f"guidance {workload.guidance_scale}, n=1, {args.requests} requests per level (distinct seeds), "
-          f"{cpu_count()} CPU cores; load average (1/5/15 min) before {load_before}, after {_load()}")
+    print(f"dgate bench: pipeline {pipeline} ({spec.family}), {workload.steps} steps, "
+          f"{workload.size}x{workload.size}, guidance {workload.guidance_scale}, n=1, {args.requests} requests "
+          f"per level (distinct seeds), {cpu_count()} CPU cores; load average (1/5/15 min) before {load_before}, "
+          f"after {_load()}")
     for note in notes:
         print(note)
     print(report.table(results))
     for line in report.step_lines(costs, unet.ms if unet is not None else None) + report.target_lines(found):
         print(line)
-    if footprint is not None:  # every pipeline in the repository is loaded, not only the benchmarked one
-        print(format_footprint(footprint, title="Triton tree after the run"))
+    print(flush=True)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    repository = Path(args.model_repository)
+    model_dirs = [Path(model) for model in args.model or [Path("build/models/tiny-sd")]]
+    for model_dir in model_dirs:
+        _spec(repository, model_dir)  # every pipeline is there before anything starts
+    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="dgate-bench-") as workdir, \
+            start_servers(repository, Path(workdir)) as servers:
+        for model_dir in model_dirs:  # one server start, every pipeline measured in the same run
+            _bench_pipeline(args, servers, repository, model_dir)
+        process = servers.triton.process
+        if process is not None:  # every pipeline in the repository is loaded, not only the benchmarked ones
+            print(format_footprint(tree_footprint(process.pid), title="Triton tree after the run"))
     return 0
