@@ -38,7 +38,6 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderKL,
-    DiffusionPipeline,
     EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
@@ -224,11 +223,11 @@ def _clip_text_config(published: dict[str, Any], tokenizer: CLIPTokenizer) -> CL
     )
 
 
-def _spec(name: str) -> tuple[type[DiffusionPipeline], dict[str, Callable[[], torch.nn.Module]], dict[str, Any]]:
+def _spec(name: str) -> tuple[type[Any], dict[str, Callable[[], Any]], dict[str, Any]]:
     """(pipeline class, model factories by component name, the other pipeline arguments)."""
     if name == "full-sd15":
         tokenizer = build_clip_tokenizer()
-        models: dict[str, Callable[[], torch.nn.Module]] = {
+        models: dict[str, Callable[[], Any]] = {
             "text_encoder": lambda: CLIPTextModel(_clip_text_config(CLIP_L_TEXT, tokenizer)),
             "unet": lambda: UNet2DConditionModel(**SD15_UNET),
             "vae": lambda: AutoencoderKL(**SD15_VAE),
@@ -261,7 +260,7 @@ def _spec(name: str) -> tuple[type[DiffusionPipeline], dict[str, Callable[[], to
     raise ValueError(f"unknown full-size pipeline {name!r}; expected one of {', '.join(FULL_SIZE_PIPELINES)}")
 
 
-def build_on_meta(name: str) -> DiffusionPipeline:
+def build_on_meta(name: str) -> Any:  # a DiffusionPipeline (diffusers' own annotations are loose)
     """The pipeline `name` with every model on the meta device: configs and shapes, no weights."""
     pipeline_class, models, others = _spec(name)
     with torch.device("meta"):

@@ -22,11 +22,11 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
     AutoencoderKL,
-    DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -141,7 +141,7 @@ def build_clip_tokenizer(pad_token: str = CLIP_EOS) -> CLIPTokenizer:
     # The 77-token window every SD text encoder has.
     return CLIPTokenizer(
         vocab=vocab,
-        merges=merges,
+        merges=merges,  # type: ignore[arg-type]  # transformers accepts pairs; its annotation says strings
         unk_token=CLIP_EOS,
         bos_token=CLIP_BOS,
         eos_token=CLIP_EOS,
@@ -222,7 +222,7 @@ def _clip_text_encoder(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,  # CLIP pools the hidden state at the first eos
         pad_token_id=tokenizer.pad_token_id,
-        **extra,
+        **extra,  # type: ignore[arg-type]  # projection_dim, when given
     )
     torch.manual_seed(seed)
     return CLIPTextModel(config) if projection_dim is None else CLIPTextModelWithProjection(config)
@@ -241,7 +241,7 @@ def _t5_encoder(tokenizer: T5Tokenizer, d_model: int = 32, seed: int = SEED) -> 
         feed_forward_proj="gated-gelu",
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,  # type: ignore[call-arg]  # a T5Config kwarg its stub omits
     )
     torch.manual_seed(seed)
     return T5EncoderModel(config)
@@ -465,7 +465,7 @@ def build_tiny_pipeline(name: str, out_dir: Path) -> Path:
     path = Path(out_dir) / name
     # Seed a forked RNG so building neither depends on nor disturbs the caller's random state.
     with torch.random.fork_rng(devices=[]):
-        pipe: DiffusionPipeline = _BUILDERS[name]()
+        pipe: Any = _BUILDERS[name]()  # a DiffusionPipeline; diffusers' annotations miss its methods
     pipe.save_pretrained(path, safe_serialization=True)
     for component, value in pipe.components.items():  # tokenizer, and tokenizer_2 where there is one
         if isinstance(value, CLIPTokenizer):

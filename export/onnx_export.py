@@ -109,6 +109,7 @@ def export_onnx(module: nn.Module, spec: PipelineSpec, component: str, inputs: d
     axes = {t.name: t.dynamic_axes() for t in (*input_specs, *output_specs)}
     dynamo = component == spec.denoiser_component and family.dynamo_export
     register_missing_symbolics(OPSET)
+    extra: dict[str, Any] = {"external_data": True} if dynamo else {}
     with torch.inference_mode():
         torch.onnx.export(
             module,
@@ -121,7 +122,7 @@ def export_onnx(module: nn.Module, spec: PipelineSpec, component: str, inputs: d
             do_constant_folding=True,
             # TorchScript by default: faster here, and the dynamo exporter fails on quantized models.
             dynamo=dynamo,
-            **({"external_data": True} if dynamo else {}),
+            **extra,
         )
     model = onnx.load(str(raw / MODEL_FILE))  # with its external weights, if any
     drop_dynamic_squeeze_branches(model)

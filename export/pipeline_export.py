@@ -6,6 +6,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
@@ -46,7 +47,7 @@ class ExportReport:
     checks: tuple[VerifyResult, ...]
 
 
-def load_pipeline(model: str) -> DiffusionPipeline:
+def load_pipeline(model: str) -> Any:  # a DiffusionPipeline; its annotations miss the components
     """The same loader for a local diffusers directory and a hub id (cached or downloaded by the user)."""
     return DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
 

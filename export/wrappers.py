@@ -45,7 +45,7 @@ class VaeDecoderWrapper(nn.Module):
 
     def __init__(self, vae: nn.Module, scaling_factor: float, shift_factor: float | None) -> None:
         super().__init__()
-        self.vae = vae
+        self.vae: Any = vae  # an AutoencoderKL: encode/decode are not nn.Module attributes
         self.scaling_factor = scaling_factor
         self.shift_factor = shift_factor or 0.0
 
@@ -58,7 +58,7 @@ class VaeEncoderWrapper(nn.Module):
 
     def __init__(self, vae: nn.Module, scaling_factor: float, shift_factor: float | None) -> None:
         super().__init__()
-        self.vae = vae
+        self.vae: Any = vae  # an AutoencoderKL: encode/decode are not nn.Module attributes
         self.scaling_factor = scaling_factor
         self.shift_factor = shift_factor or 0.0
 

@@ -30,9 +30,8 @@ SIZE_PATTERN = re.compile(r"^([1-9][0-9]{0,5})x([1-9][0-9]{0,5})$")
 Quality = Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"]
 QualityTier = Literal["low", "medium", "high", "xhigh", "max"]
 # OpenAI's legacy and `auto` names -> the tier reported back in the response.
-QUALITY_TIERS: dict[str, QualityTier] = {"auto": "medium", "standard": "medium", "hd": "high"} | {
-    tier: tier for tier in get_args(QualityTier)
-}
+_LEGACY_QUALITY: dict[str, QualityTier] = {"auto": "medium", "standard": "medium", "hd": "high"}
+QUALITY_TIERS: dict[str, QualityTier] = _LEGACY_QUALITY | {tier: tier for tier in get_args(QualityTier)}
 
 
 def steps_for_quality(tier: QualityTier, limits: GenerationLimits) -> int:

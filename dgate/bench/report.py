@@ -78,8 +78,8 @@ def targets(results: Sequence[LevelResult], costs: Sequence[StepCost]) -> list[T
     if first is not None:
         found.append(Target(f"per-step round trip at c={first.concurrency} <= {TARGET_STEP_MS:g} ms",
                             f"{first.overhead_ms_per_step:.2f} ms", first.overhead_ms_per_step <= TARGET_STEP_MS))
-    overheads = {c: frontend_overhead_pct(results, c) for c in sorted({r.concurrency for r in results})}
-    overheads = {c: v for c, v in overheads.items() if v is not None}
+    measured = {c: frontend_overhead_pct(results, c) for c in sorted({r.concurrency for r in results})}
+    overheads = {c: v for c, v in measured.items() if v is not None}
     if overheads:
         found.append(Target(f"frontend overhead <= {TARGET_FRONTEND_PCT:g}% of latency (every level)",
                             ", ".join(f"c={c} {v:+.1f}%" for c, v in overheads.items()),

@@ -78,7 +78,7 @@ async def _served(servers: Any, pipeline: str, component: str, workload: Workloa
         costs: list[StepCost] = []
         seeds = list(range(MEASURED_SEED, MEASURED_SEED + requests))
         halves = (seeds[: (requests + 1) // 2], seeds[(requests + 1) // 2:])
-        paths = {report.TRITON: triton, report.FRONTEND: frontend}
+        paths: dict[str, TritonPath | FrontendPath] = {report.TRITON: triton, report.FRONTEND: frontend}
         for concurrency in levels:
             # ABBA (triton, frontend, frontend, triton; each half of the seeds): slow drift in the machine's
             # load, which a shared 2-core box has plenty of, hits both paths alike.

@@ -136,7 +136,10 @@ class FrontendPath:
             model=self.pipeline, prompt=w.prompt, n=1, size=f"{w.size}x{w.size}", response_format="b64_json",
             extra_body={"seed": seed, "num_inference_steps": w.steps, "guidance_scale": w.guidance_scale},
         )
-        png = base64.b64decode(response.data[0].b64_json)
+        data = response.data or []
+        if not data or data[0].b64_json is None:
+            raise RuntimeError("the frontend answered without a b64_json image")
+        png = base64.b64decode(data[0].b64_json)
         return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[None]
 
 

@@ -70,5 +70,5 @@ def denoise(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFact
                 raise DenoiseCancelled("request cancelled")
             inputs = steps.send(predict(inputs))
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        return done.value
 

@@ -110,8 +110,8 @@ class PipelineSpec:
         if unknown:  # added by a later minor change of the same version: safe to ignore
             logger.warning("pipeline.json: ignoring unknown keys %s", sorted(unknown))
         data = {key: value for key, value in data.items() if key in known}
-        data["limits"] = GenerationLimits(**{k: tuple(v) if isinstance(v, list) else v
-                                             for k, v in data["limits"].items()})
+        limits: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data["limits"].items()}
+        data["limits"] = GenerationLimits(**limits)
         data["text_encoders"] = tuple(TextEncoderSpec(**encoder) for encoder in data["text_encoders"])
         return cls(**data)
 

@@ -20,19 +20,22 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     PNDMScheduler,
 )
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import DEFAULT_SCHEDULER
 
-DISCRETE_SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+# diffusers' SchedulerMixin declares none of the scheduler contract (set_timesteps, timesteps, step,
+# scale_model_input), so a scheduler is typed Any here.
+Scheduler = Any
+
+DISCRETE_SCHEDULERS: dict[str, Any] = {
     "euler": EulerDiscreteScheduler,
     "euler_a": EulerAncestralDiscreteScheduler,
     "ddim": DDIMScheduler,
     "dpm++": DPMSolverMultistepScheduler,  # DPM-Solver++ (2M) is its default algorithm_type
     "pndm": PNDMScheduler,
 }
-FLOW_SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+FLOW_SCHEDULERS: dict[str, Any] = {
     "flow_euler": FlowMatchEulerDiscreteScheduler,
     # DPM-Solver++ (2M) over flow sigmas, as diffusers configures it for SANA and Wan.
     "flow_dpm++": DPMSolverMultistepScheduler,
@@ -48,7 +51,7 @@ def _flow_shift(config: dict[str, Any]) -> float:
     return float(config.get("shift", config.get("flow_shift", 1.0)))
 
 
-def build_scheduler(name: str, base_config: dict[str, Any]) -> SchedulerMixin:
+def build_scheduler(name: str, base_config: dict[str, Any]) -> Scheduler:
     """A new scheduler of the requested kind, configured from the pipeline's own scheduler config.
 
     "default" is the class the pipeline was saved with (`_class_name` in scheduler_config.json).
@@ -88,15 +91,15 @@ class SchedulerFactory:
 
     def __init__(self, base_config: dict[str, Any]) -> None:
         self.base_config = base_config
-        self._templates: dict[str, SchedulerMixin] = {}
+        self._templates: dict[str, Scheduler] = {}
 
-    def __call__(self, name: str) -> SchedulerMixin:
+    def __call__(self, name: str) -> Scheduler:
         if name not in self._templates:
             self._templates[name] = build_scheduler(name, self.base_config)
         return copy.deepcopy(self._templates[name])
 
 
-def step_kwargs(scheduler: SchedulerMixin, generator: Any, eta: float = 0.0) -> dict[str, Any]:
+def step_kwargs(scheduler: Scheduler, generator: Any, eta: float = 0.0) -> dict[str, Any]:
     """The extra `step()` arguments the diffusers pipelines pass (their prepare_extra_step_kwargs)."""
     accepted = set(inspect.signature(scheduler.step).parameters)
     kwargs: dict[str, Any] = {}

@@ -96,7 +96,7 @@ def ensemble_arrays(values: Mapping[str, Any]) -> dict[str, np.ndarray]:
     The one place that turns a request into Triton tensors: the frontend, the benchmark and the
     tests all call it (through `infer_inputs` for tritonclient objects).
     """
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
     for tensor in ENSEMBLE_INPUTS:
         value = values[tensor.name]
         arrays[tensor.name] = np.array([value.encode() if isinstance(value, str) else value], dtype=tensor.numpy_dtype)

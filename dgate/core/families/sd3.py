@@ -65,10 +65,10 @@ class StableDiffusion3(FlowMatchingFamily):
     def conditioning(self, spec: PipelineSpec, text: TextOutputs, params: DenoiseParams, cfg: bool
                      ) -> dict[str, np.ndarray]:
         clip_l, clip_g, t5 = (text[e.component] for e in spec.text_encoders)
-        clip = torch.from_numpy(np.concatenate([clip_l["hidden_states"], clip_g["hidden_states"]], axis=-1))
+        clip_states = torch.from_numpy(np.concatenate([clip_l["hidden_states"], clip_g["hidden_states"]], axis=-1))
         t5_hidden = t5["hidden_states"]
         # diffusers pads the CLIP states with zeros to T5's width (F.pad also crops if narrower).
-        clip = torch.nn.functional.pad(clip, (0, t5_hidden.shape[-1] - clip.shape[-1])).numpy()
+        clip = torch.nn.functional.pad(clip_states, (0, t5_hidden.shape[-1] - clip_states.shape[-1])).numpy()
         hidden = np.concatenate([clip, t5_hidden], axis=-2)
         pooled = np.concatenate([clip_l["pooled"], clip_g["pooled"]], axis=-1)
         return {"encoder_hidden_states": per_image(hidden, params.num_images, cfg),
