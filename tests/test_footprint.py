@@ -28,11 +28,12 @@ from dgate.bench.footprint import (
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux /proc")
 
-BACKEND = "/root/.cache/dgate/triton-backends/pytriton-0.7.0-py3.11/python"
+# The NGC image's backend folder; `dgate triton` uses a copy under the user's cache, same layout.
+BACKEND = "/opt/tritonserver/backends/python"
 # argv of a real stub, read from /proc/<pid>/cmdline of tritonserver 2.51 (nvidia-pytriton 0.7.0) serving
-# the exported tiny-sd repository: <stub> <model path> <shm region> <shm default size> <shm growth size>
-# <server pid> <backend dir> <ipc handle> <instance name> <runtime modeldir>.
-REAL_STUB = [f"{BACKEND}/triton_python_backend_stub", "/tmp/fp/repo/tiny-sd_postprocess/1/model.py",
+# the exported tiny-sd repository (folders renamed to neutral ones): <stub> <model path> <shm region>
+# <shm default size> <shm growth size> <server pid> <backend dir> <ipc handle> <instance name> <runtime modeldir>.
+REAL_STUB = [f"{BACKEND}/triton_python_backend_stub", "/models/tiny-sd_postprocess/1/model.py",
              "triton_python_backend_shm_region_19c9032e-9a48-4ab1-8c53-b750dffc4d64", "1048576", "1048576", "3815",
              BACKEND, "336", "tiny-sd_postprocess_0_1", "DEFAULT"]
 
