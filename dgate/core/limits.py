@@ -16,6 +16,12 @@ MAX_SEED = 2**63 - 1
 DEFAULT_SCHEDULER = "default"  # the scheduler class the pipeline was saved with
 
 
+def _check_range(name: str, value: float, low: float, high: float, param: str | None = None) -> None:
+    """The one "<name> must be between <low> and <high>, got <value>" rule."""
+    if not low <= value <= high:
+        raise InvalidRequestError(f"{name} must be between {low} and {high}, got {value}", param or name)
+
+
 def check_prompt(prompt: str) -> None:
     """The one blank-prompt rule (frontend, tokenizer model)."""
     if not prompt.strip():
@@ -79,11 +85,8 @@ class GenerationLimits:
                 f"max_sequence_length applies to pipelines with a T5 text encoder; this {self.family} "
                 f"pipeline has none", "max_sequence_length",
             )
-        if not 0 <= max_sequence_length <= self.max_sequence_length:
-            raise InvalidRequestError(
-                f"max_sequence_length must be between 1 and {self.max_sequence_length}, got {max_sequence_length}",
-                "max_sequence_length",
-            )
+        if max_sequence_length:  # 0 = the default
+            _check_range("max_sequence_length", max_sequence_length, 1, self.max_sequence_length)
 
     def validate(
         self,
@@ -104,20 +107,10 @@ class GenerationLimits:
         Takes the fields of `DenoiseParams` (`validate(**vars(params))`); the prompt text is checked
         by `check_prompt` where the text is.
         """
-        if not 1 <= num_images <= self.max_images:
-            raise InvalidRequestError(f"n must be between 1 and {self.max_images}, got {num_images}", "n")
-        if not 1 <= num_inference_steps <= self.max_steps:
-            raise InvalidRequestError(
-                f"num_inference_steps must be between 1 and {self.max_steps}, got {num_inference_steps}",
-                "num_inference_steps",
-            )
-        if not 0.0 <= guidance_scale <= self.max_guidance_scale:
-            raise InvalidRequestError(
-                f"guidance_scale must be between 0 and {self.max_guidance_scale}, got {guidance_scale}",
-                "guidance_scale",
-            )
-        if not 0 <= seed <= MAX_SEED:
-            raise InvalidRequestError(f"seed must be between 0 and {MAX_SEED}, got {seed}", "seed")
+        _check_range("n", num_images, 1, self.max_images)
+        _check_range("num_inference_steps", num_inference_steps, 1, self.max_steps)
+        _check_range("guidance_scale", guidance_scale, 0, self.max_guidance_scale)
+        _check_range("seed", seed, 0, MAX_SEED)
         for name, value, maximum in (("width", width, self.max_width), ("height", height, self.max_height)):
             if value % self.size_multiple or not self.min_size <= value <= maximum:
                 raise InvalidRequestError(
@@ -137,8 +130,4 @@ class GenerationLimits:
                 f"true_cfg_scale applies to pipelines with true classifier-free guidance (flux); this "
                 f"{self.family} pipeline uses guidance_scale", "true_cfg_scale",
             )
-        if not 0.0 <= true_cfg_scale <= self.max_guidance_scale:
-            raise InvalidRequestError(
-                f"true_cfg_scale must be between 0 and {self.max_guidance_scale}, got {true_cfg_scale}",
-                "true_cfg_scale",
-            )
+        _check_range("true_cfg_scale", true_cfg_scale, 0, self.max_guidance_scale)

@@ -121,8 +121,8 @@ class Flux(FlowMatchingFamily):
                   "pooled_projections": per_image(clip["pooled"], params.num_images, cfg)}
         rows = len(inputs["pooled_projections"])
         _, _, height, width = spec.latent_shape(1, params.height, params.width)
-        inputs["img_ids"] = np.broadcast_to(latent_image_ids(height, width), (rows, *latent_image_ids(
-            height, width).shape)).copy()
+        ids = latent_image_ids(height, width)
+        inputs["img_ids"] = np.broadcast_to(ids, (rows, *ids.shape)).copy()
         if spec.guidance_embeds:
             inputs["guidance"] = np.full((rows, 1), params.guidance_scale, dtype=np.float32)
         return inputs
