@@ -69,6 +69,7 @@ def test_spec_reads_the_pipeline_configs(specs: dict, pipes: dict) -> None:
     assert [e.component for e in sd3.text_encoders] == ["text_encoder", "text_encoder_2", "text_encoder_3"]
     assert sd3.limits.schedulers == ("flow_euler", "flow_dpm++", "default")
     assert sd3.limits.default_scheduler == "flow_euler" and sd3.limits.default_max_sequence_length == 256
+    assert sd3.limits.max_sequence_length == 512  # a longer T5 prompt than the default may be asked for
 
     flux = specs["tiny-flux"]
     assert flux.guidance_embeds and flux.limits.true_cfg and flux.latent_channels == 16
@@ -196,7 +197,8 @@ def _values(**overrides: object) -> dict:
     ("name", "overrides"),
     [("tiny-sd", {"scheduler": "euler_a"}), ("tiny-pixart", {"scheduler": "dpm++", "negative_prompt": "ugly"}),
      ("tiny-sdxl", {}), ("tiny-sdxl", {"negative_prompt": "ugly", "scheduler": "ddim"}),
-     ("tiny-sd3", {"max_sequence_length": 40}), ("tiny-sd3", {"scheduler": "flow_dpm++", "negative_prompt": "ugly"}),
+     ("tiny-sd3", {"max_sequence_length": 40}),
+     ("tiny-sd3", {"max_sequence_length": 320}), ("tiny-sd3", {"scheduler": "flow_dpm++", "negative_prompt": "ugly"}),
      ("tiny-flux", {}), ("tiny-flux", {"true_cfg_scale": 3.0, "negative_prompt": "ugly", "scheduler": "flow_dpm++"})],
 )
 def test_core_loop_with_torch_models_equals_diffusers(pipes: dict, specs: dict, name: str, overrides: dict) -> None:

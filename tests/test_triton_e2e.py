@@ -142,7 +142,7 @@ def test_bad_input_is_a_clear_error_and_serving_goes_on(grpc: Any, http: Any, mo
         ("tiny-sd3", {"scheduler": "pndm"}, "for this sd3 pipeline, got 'pndm'"),
         ("tiny-sdxl", {"scheduler": "flow_euler"}, "scheduler must be one of euler, euler_a, ddim"),
         ("tiny-flux", {"max_sequence_length": 513}, "max_sequence_length must be between 1 and 512"),
-        ("tiny-sd3", {"max_sequence_length": 100_000}, "max_sequence_length must be between 1 and 256"),
+        ("tiny-sd3", {"max_sequence_length": 100_000}, "max_sequence_length must be between 1 and 512"),
         ("tiny-sd", {"max_sequence_length": 77}, "applies to pipelines with a T5 text encoder"),
         ("tiny-sdxl", {"true_cfg_scale": 3.0}, "true_cfg_scale applies to pipelines with true classifier-free"),
         ("tiny-flux", {"true_cfg_scale": -1.0}, "true_cfg_scale must be between"),

@@ -34,6 +34,8 @@ from dgate.core.tensors import (
 DEFAULT_MAX_IMAGES = 10  # OpenAI's `n` limit
 DEFAULT_MAX_STEPS = 100
 DEFAULT_MAX_GUIDANCE = 50.0
+# The longest T5 prompt served: StableDiffusion3Pipeline and FluxPipeline refuse more than 512 tokens.
+MAX_T5_TOKENS = 512
 
 # text encoder component -> its outputs for the [negative, prompt] rows: hidden_states, pooled, attention_mask
 TextOutputs = dict[str, dict[str, np.ndarray]]
@@ -152,7 +154,8 @@ class Family:
             default_scheduler=default_scheduler,
             schedulers=schedulers,
             default_max_sequence_length=t5_length,
-            max_sequence_length=max(t5_length, *(e.max_length for e in encoders)) if t5_length else 0,
+            # Longer than the default is allowed (SD3: 256 by default), up to what the pipelines accept.
+            max_sequence_length=max(t5_length, MAX_T5_TOKENS) if t5_length else 0,
             true_cfg=self.true_cfg,
         )
         components = (*(e.component for e in encoders), self.denoiser_component, "vae_decoder", "vae_encoder")
