@@ -7,7 +7,8 @@ process on the pipeline's PyTorch modules (the core's bit-exactness check).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,8 @@ from dgate.core.denoise import denoise
 from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
 from dgate.core.images import to_uint8_images
+from dgate.core.lora.adapter_file import adapter_file
+from dgate.core.lora.request import adapters_dir, decode_adapters, resolve_adapter
 from dgate.core.params import DenoiseParams
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.schedulers import SchedulerFactory, build_scheduler
@@ -49,15 +52,43 @@ def diffusers_call_kwargs(pipe: Any, values: Mapping[str, Any]) -> dict[str, Any
     return kwargs
 
 
+@contextmanager
+def loaded_adapters(pipe: Any, lora: str) -> Iterator[None]:
+    """The request's adapters loaded the diffusers way (`load_lora_weights` + `set_adapters`), then
+    unloaded. Pipelines without a LoRA loader (PixArt) load into the transformer with peft."""
+    refs = decode_adapters(lora)
+    if not refs:
+        yield
+        return
+    names = [f"dgate_{index}" for index in range(len(refs))]
+    owner = pipe if hasattr(pipe, "load_lora_weights") else pipe.transformer
+    for name, ref in zip(names, refs, strict=True):
+        file = str(adapter_file(resolve_adapter(adapters_dir(), ref.path)))
+        if owner is pipe:
+            pipe.load_lora_weights(file, adapter_name=name)
+        else:
+            owner.load_lora_adapter(file, prefix="transformer", adapter_name=name)
+    owner.set_adapters(names, [ref.scale for ref in refs])
+    try:
+        yield
+    finally:
+        if owner is pipe:
+            pipe.unload_lora_weights()
+        else:
+            owner.delete_adapters(names)
+
+
 def diffusers_images(pipe: Any, values: Mapping[str, Any]) -> np.ndarray:
-    """The pipeline's own output for the request as uint8 [N, H, W, 3], with the request's scheduler."""
+    """The pipeline's own output for the request as uint8 [N, H, W, 3], with the request's scheduler
+    and adapters."""
     scheduler = values.get("scheduler", "default")
     original = pipe.scheduler
     if scheduler != "default":
         pipe.scheduler = build_scheduler(scheduler, dict(original.config))
     try:
         pipe.set_progress_bar_config(disable=True)
-        images = pipe(**diffusers_call_kwargs(pipe, values)).images
+        with loaded_adapters(pipe, values.get("lora", "")):
+            images = pipe(**diffusers_call_kwargs(pipe, values)).images
     finally:
         pipe.scheduler = original
     # diffusers' numpy output is float [0, 1]; its PIL conversion is (x * 255).round().

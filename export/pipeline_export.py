@@ -14,6 +14,8 @@ from tqdm import tqdm
 
 from dgate.core.errors import ExportError
 from dgate.core.families import spec_from_pipeline
+from dgate.core.lora.weight_map import LORA_MAP_FILE, build_lora_map
+from dgate.core.onnx_session import load_all_initializers
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.tokenization import save_prompt_tokenizer
 from dgate.export.onnx_export import (
@@ -32,7 +34,9 @@ from dgate.export.triton_config import (
     component_config,
     denoiser_config,
     ensemble_config,
+    lora_config,
     postprocess_config,
+    takes_lora,
     tokenize_config,
 )
 from dgate.export.wrappers import component_module
@@ -84,6 +88,7 @@ def export_pipeline(
     limits = spec.limits
     t5_length = limits.default_max_sequence_length
     checks = []
+    lora_maps: dict[str, str] = {}  # component -> its LoraMap as JSON text
     repository.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=repository, prefix=f".export-{spec.name}.") as scratch_root:
         scratch = Path(scratch_root)
@@ -105,6 +110,10 @@ def export_pipeline(
                               limits.default_width, seed=2, t5_length=max(1, t5_length // 2)),
             ]
             checks.append(verify_onnx(module, files[MODEL_FILE], component, "fp32", checks_inputs))
+            if takes_lora(spec, component, options):
+                # Matched on the FP32 graph, by value; FP16 conversion keeps initializer names.
+                lora_map = build_lora_map(getattr(pipe, component), load_all_initializers(files[MODEL_FILE]))
+                lora_maps[component] = lora_map.to_json()
             if spec.precision(component) == "fp16":
                 files = convert_to_fp16(files[MODEL_FILE], scratch / component / "fp16", external_data_threshold)
                 checks.append(verify_onnx(module, files[MODEL_FILE], component, "fp16", checks_inputs))
@@ -118,6 +127,8 @@ def export_pipeline(
                 component_files = {"model.plan": plan}
             if options.triton_backend == "python":
                 component_files["model.py"] = model_shim("component_model", f"{spec.name} {component}")
+            if component in lora_maps:
+                component_files |= {LORA_MAP_FILE: lora_maps[component], PIPELINE_FILE: spec.to_json()}
             write_model(repository, component_config(spec, component, options), component_files)
 
         spec_json = spec.to_json()
@@ -138,6 +149,11 @@ def export_pipeline(
         write_model(repository, postprocess_config(spec, options), {
             "model.py": model_shim("postprocess_model", f"{spec.name} postprocess"),
         })
-        write_model(repository, ensemble_config(spec), {})
+        if options.serves_lora:
+            write_model(repository, lora_config(spec, options), {
+                PIPELINE_FILE: spec_json,
+                "model.py": model_shim("lora_model", f"{spec.name} adapter checks"),
+            } | {f"lora_maps/{component}.json": text for component, text in lora_maps.items()})
+        write_model(repository, ensemble_config(spec, options), {})
     logger.info("exported %s to %s", spec.name, repository)
     return ExportReport(spec=spec, checks=tuple(checks))

@@ -12,6 +12,8 @@ from dgate.core.pipeline_spec import PipelineSpec, TextEncoderSpec
 from dgate.core.tensors import (
     ENSEMBLE_INPUTS,
     ENSEMBLE_OUTPUT,
+    LORA_INPUT,
+    LORA_ROWS,
     PIPELINE_MARKER_PARAMETER,
     TEXT_INPUTS,
     TensorSpec,
@@ -37,6 +39,17 @@ class ServingOptions:
     helper_instances: int = 1  # tokenizer and postprocess models: microseconds of work per request
     max_queue_delay_us: int = 100  # CPU: UNet cost is linear in batch, so waiting buys nothing (dgate bench)
     onnx_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
+    # Adapters by weight refit in the text encoders and the denoiser (Python backend only).
+    lora: bool = True
+
+    @property
+    def serves_lora(self) -> bool:
+        return self.lora and self.triton_backend == "python"
+
+
+def takes_lora(spec: PipelineSpec, component: str, options: ServingOptions) -> bool:
+    return options.serves_lora and component in (*(e.component for e in spec.text_encoders),
+                                                  spec.denoiser_component)
 
 
 def model_name(pipeline: str, component: str) -> str:
@@ -66,8 +79,11 @@ def component_config(spec: PipelineSpec, component: str, options: ServingOptions
     max_batch_size = spec.limits.max_images * rows_per_image
     name = model_name(spec.name, component)
     if options.triton_backend == "python":
-        config = _python_model(name, inputs, outputs, max_batch_size, options.component_instances,
-                               {"engine": options.engine, "onnx_threads": str(options.onnx_threads)})
+        parameters = {"engine": options.engine, "onnx_threads": str(options.onnx_threads)}
+        if takes_lora(spec, component, options):
+            inputs = (*inputs, LORA_ROWS)
+            parameters["lora_component"] = component
+        config = _python_model(name, inputs, outputs, max_batch_size, options.component_instances, parameters)
     else:
         native = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
         platform, filename = native[options.engine]
@@ -86,9 +102,14 @@ def _token_rows(encoder: TextEncoderSpec) -> tuple[tuple[int, ...], tuple[str, .
     return (PROMPT_ROWS, *length.dims), length.axes
 
 
+# The request's `lora` once per prompt row, for the text encoders' batched `lora` input.
+LORA_PROMPT_ROWS = TensorSpec("lora_rows", "TYPE_STRING", (PROMPT_ROWS, 1))
+
+
 def tokenize_outputs(spec: PipelineSpec) -> tuple[TensorSpec, ...]:
-    """`<encoder>_input_ids` and `<encoder>_attention_mask`, [2, length] for every text encoder."""
-    tensors: tuple[TensorSpec, ...] = ()
+    """`<encoder>_input_ids` and `<encoder>_attention_mask`, [2, length] for every text encoder, and
+    `lora_rows`."""
+    tensors: tuple[TensorSpec, ...] = (LORA_PROMPT_ROWS,)
     for encoder in spec.text_encoders:
         dims, axes = _token_rows(encoder)
         tensors += (TensorSpec(f"{encoder.component}_input_ids", "TYPE_INT64", dims, axes),
@@ -119,7 +140,17 @@ def denoiser_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConf
     return _python_model(
         model_name(spec.name, "denoiser"), (*encoded_prompt_inputs(spec), *DENOISE_PARAMETERS), outputs,
         max_batch_size=0, instances=options.denoiser_instances,
-        parameters={"denoiser_model": model_name(spec.name, spec.denoiser_component)},
+        parameters={"denoiser_model": model_name(spec.name, spec.denoiser_component),
+                    "lora": str(options.serves_lora).lower()},
+    )
+
+
+def lora_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConfig:
+    """`<pipeline>_lora`: checks adapters against the pipeline's weights (the frontend's LoRA API)."""
+    return _python_model(
+        model_name(spec.name, "lora"), (TensorSpec(LORA_INPUT, "TYPE_STRING", (1,)),),
+        (TensorSpec("report", "TYPE_STRING", (1,)),),
+        max_batch_size=0, instances=options.helper_instances, parameters={},
     )
 
 
@@ -132,7 +163,7 @@ def postprocess_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelC
     )
 
 
-def ensemble_config(spec: PipelineSpec) -> mc.ModelConfig:
+def ensemble_config(spec: PipelineSpec, options: ServingOptions | None = None) -> mc.ModelConfig:
     """tokenize -> each text encoder -> denoiser -> vae_decoder -> postprocess; one request in, images out."""
     config = mc.ModelConfig(name=spec.name, platform="ensemble", max_batch_size=0)
     _add_tensors(config.input, ENSEMBLE_INPUTS)
@@ -143,10 +174,13 @@ def ensemble_config(spec: PipelineSpec) -> mc.ModelConfig:
         steps.add(model_name=model_name(spec.name, component), model_version=-1,
                   input_map=inputs, output_map=outputs)
 
-    step("tokenize", {name: name for name in TEXT_INPUTS}, {t.name: f"_{t.name}" for t in tokenize_outputs(spec)})
+    serves_lora = (options or ServingOptions()).serves_lora
+    step("tokenize", {name: name for name in TEXT_INPUTS},
+         {t.name: f"_{t.name}" for t in tokenize_outputs(spec) if serves_lora or t != LORA_PROMPT_ROWS})
+    lora = {LORA_INPUT: f"_{LORA_PROMPT_ROWS.name}"} if serves_lora else {}
     for encoder in spec.text_encoders:
         step(encoder.component,
-             {t.name: f"_{encoder.component}_{t.name}" for t in encoder.inputs},
+             {t.name: f"_{encoder.component}_{t.name}" for t in encoder.inputs} | lora,
              {t.name: f"_{encoder.component}_{t.name}" for t in encoder.outputs})
     step("denoiser",
          {t.name: f"_{t.name}" for t in encoded_prompt_inputs(spec)} | {t.name: t.name for t in DENOISE_PARAMETERS},

@@ -17,11 +17,13 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from dgate.core.denoise import denoise
+from dgate.core.errors import InvalidRequestError
 from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
 from dgate.core.params import DenoiseParams
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.schedulers import SchedulerFactory
+from dgate.core.tensors import LORA_INPUT
 from dgate.model_repository.triton_io import ModelArgs, error_response, input_array, input_scalar
 
 
@@ -31,6 +33,7 @@ class TritonPythonModel:
         self.spec = PipelineSpec.load(model.version_dir / "pipeline.json")
         self.schedulers = SchedulerFactory(json.loads((model.version_dir / "scheduler_config.json").read_text()))
         self.denoiser_model = model.parameter("denoiser_model")
+        self.takes_lora = model.parameter("lora", "false") == "true"
         family = family_of(self.spec)
         self.model_inputs = [t.name for t in family.denoiser_inputs(self.spec)]
         self.text_inputs = {e.component: [t.name for t in e.outputs] + ["attention_mask"]
@@ -38,12 +41,12 @@ class TritonPythonModel:
         # The scheduler math is tiny; the cores belong to the UNet model's instances.
         torch.set_num_threads(1)
 
-    def _predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def _predict(self, inputs: dict[str, np.ndarray], lora: bytes) -> np.ndarray:
+        tensors = [pb_utils.Tensor(name, inputs[name]) for name in self.model_inputs]
+        if self.takes_lora:  # every row carries the request's adapters: the batcher mixes requests
+            tensors.append(pb_utils.Tensor(LORA_INPUT, np.array([[lora]] * len(inputs["sample"]), dtype=np.object_)))
         request = pb_utils.InferenceRequest(
-            model_name=self.denoiser_model,
-            requested_output_names=["noise_pred"],
-            inputs=[pb_utils.Tensor(name, inputs[name]) for name in self.model_inputs],
-        )
+            model_name=self.denoiser_model, requested_output_names=["noise_pred"], inputs=tensors)
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{self.denoiser_model}: {response.error().message()}")
@@ -64,12 +67,16 @@ class TritonPythonModel:
                 negative_prompt=str(input_scalar(request, "negative_prompt")),
             )
             self.spec.limits.validate(**vars(params))
+            lora = str(input_scalar(request, LORA_INPUT))
+            if lora and not self.takes_lora:
+                raise InvalidRequestError(f"{self.spec.name} is served without LoRA support "
+                                          "(exported for a native backend or with --no-lora)", "lora")
             text: TextOutputs = {
                 component: {name: input_array(request, f"{component}_{name}") for name in names}
                 for component, names in self.text_inputs.items()
             }
-            latents = denoise(self.spec, params, self.schedulers, text, self._predict,
-                              is_cancelled=request.is_cancelled)
+            latents = denoise(self.spec, params, self.schedulers, text,
+                              lambda inputs: self._predict(inputs, lora.encode()), is_cancelled=request.is_cancelled)
             return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("latents", latents)])
         except Exception as error:
             return error_response(error)

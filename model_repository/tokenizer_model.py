@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from dgate.core.limits import check_prompt
@@ -30,7 +31,8 @@ class TritonPythonModel:
         check_prompt(prompt)
         texts = [input_scalar(request, "negative_prompt"), prompt]  # row 0: the negative prompt
         t5_length = self.spec.limits.sequence_length_for(int(input_scalar(request, "max_sequence_length")))
-        tensors = []
+        lora = input_scalar(request, "lora").encode()
+        tensors = [pb_utils.Tensor("lora_rows", np.array([[lora]] * len(texts), dtype=np.object_))]
         for encoder in self.spec.text_encoders:
             length = t5_length if encoder.variable_length else encoder.max_length
             ids, mask = self.tokenizers[encoder.component](texts, max(1, length))

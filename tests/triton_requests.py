@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "scheduler": "default",
     "max_sequence_length": 0,
     "true_cfg_scale": 1.0,
+    "lora": "",
 }
 
 

@@ -28,12 +28,13 @@ class Workload:
     size: int
     prompt: str = PROMPT
     guidance_scale: float = 7.5
+    lora: str = ""  # the `lora` ensemble input (`dgate bench lora` sends adapters)
 
     def ensemble_values(self, seed: int) -> dict[str, Any]:
         return {"prompt": self.prompt, "negative_prompt": "", "num_images": 1,
                 "num_inference_steps": self.steps, "guidance_scale": self.guidance_scale, "seed": seed,
                 "height": self.size, "width": self.size, "scheduler": "default", "max_sequence_length": 0,
-                "true_cfg_scale": 1.0}
+                "true_cfg_scale": 1.0, "lora": self.lora}
 
 
 @dataclass(frozen=True)

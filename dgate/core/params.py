@@ -30,3 +30,4 @@ class GenerationParams(DenoiseParams):
     """One ensemble request; field names are the ENSEMBLE_INPUTS tensor names."""
 
     prompt: str
+    lora: str = ""  # the adapters, as dgate.core.lora.request.encode_adapters writes them

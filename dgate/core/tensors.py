@@ -81,10 +81,14 @@ ENSEMBLE_INPUTS = (
     scalar("scheduler", "TYPE_STRING"),
     scalar("max_sequence_length", "TYPE_INT32"),  # T5 prompt length; 0 = the pipeline's default
     scalar("true_cfg_scale", "TYPE_FP32"),  # Flux: classifier-free guidance with a negative prompt
+    scalar("lora", "TYPE_STRING"),  # the request's adapters (dgate.core.lora.request); "" = none
 )
 ENSEMBLE_OUTPUT = TensorSpec("images", "TYPE_UINT8", (-1, -1, -1, 3), ("images", HEIGHT, WIDTH))  # N x H x W x RGB
 # The inputs the tokenizer model takes; the rest go to the denoiser.
-TEXT_INPUTS = ("prompt", "negative_prompt", "max_sequence_length")
+TEXT_INPUTS = ("prompt", "negative_prompt", "max_sequence_length", "lora")
+# The per-row adapters input of the components that take LoRA (text encoders, the denoiser).
+LORA_INPUT = "lora"
+LORA_ROWS = TensorSpec(LORA_INPUT, "TYPE_STRING", (1,))
 
 # Ensemble config parameter that marks a model as a D-Gate pipeline (what /v1/models lists).
 PIPELINE_MARKER_PARAMETER = "dgate_pipeline"

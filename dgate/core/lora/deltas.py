@@ -1,0 +1,65 @@
+"""Adapter factors + a component's LoraMap -> weight deltas in the ONNX layout, cached LRU."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from dgate.core.lora.adapter_file import LoraLayer
+from dgate.core.lora.request import LoraError
+from dgate.core.lora.weight_map import LoraMap
+
+# ONNX initializer name -> float32 delta shaped like the initializer
+Deltas = dict[str, np.ndarray]
+
+
+def layer_deltas(component: str, layers: dict[str, LoraLayer], lora_map: LoraMap) -> Deltas:
+    """Each layer's scale * up @ down, placed on its initializer; LoraError if a layer or shape is off."""
+    deltas: Deltas = {}
+    for name, layer in layers.items():
+        mapped = lora_map.layers.get(name)
+        if mapped is None:
+            raise LoraError(f"{component}: the adapter's layer {name!r} matches no refittable layer of the model")
+        delta = layer.delta()
+        if delta.size != int(np.prod(mapped.shape)):
+            raise LoraError(f"{component}: the adapter's layer {name!r} has shape {tuple(delta.shape)}, "
+                            f"the model's weight is {mapped.shape}")
+        delta = delta.reshape(mapped.shape)
+        if mapped.transposed:
+            delta = np.ascontiguousarray(delta.T)
+        deltas[mapped.initializer] = deltas.get(mapped.initializer, 0) + delta
+    return deltas
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRUCache(Generic[K, V]):
+    """The most recently used `capacity` values; `get_or_load` computes a missing one."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get_or_load(self, key: K, load: Callable[[], V]) -> V:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = load()  # raises before anything is cached
+        self._items[key] = value
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def keys(self) -> list[K]:
+        return list(self._items)

@@ -1,0 +1,101 @@
+"""The adapters of one served component (a text encoder or the UNet/transformer).
+
+Two ONNX Runtime sessions share the work: rows without adapters run on the fully optimised session
+exactly as before, so base traffic pays nothing for LoRA support; rows with adapters run on a
+refittable session (created on first use) whose mapped weights are rewritten in place when the
+adapter set changes. Per-adapter deltas are cached (LRU); the refitter restores base weights bitwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dgate.core.lora.adapter_file import read_adapter
+from dgate.core.lora.deltas import Deltas, LRUCache, layer_deltas
+from dgate.core.lora.refit import WeightRefitter
+from dgate.core.lora.request import AdapterRef, adapters_dir, decode_adapters, resolve_adapter
+from dgate.core.lora.weight_map import LoraMap
+from dgate.core.onnx_session import RefittableSession, create_refittable_session
+from dgate.core.pipeline_spec import PipelineSpec
+
+CACHE_ENV = "DGATE_LORA_CACHE"
+DEFAULT_CACHE = 8  # adapters whose deltas stay in memory per component instance
+
+
+def lora_components(spec: PipelineSpec) -> tuple[str, ...]:
+    """The components an adapter may change: every text encoder and the denoiser."""
+    return (*(e.component for e in spec.text_encoders), spec.denoiser_component)
+
+
+@dataclass(frozen=True)
+class AdapterFile:
+    """An adapter file as found on disk; a rewritten file is a new key (its cache entry goes stale)."""
+
+    path: Path
+    mtime_ns: int
+    size: int
+
+    @classmethod
+    def find(cls, directory: Path, relative: str) -> AdapterFile:
+        path = resolve_adapter(directory, relative)
+        stat = path.stat()
+        return cls(path, stat.st_mtime_ns, stat.st_size)
+
+
+def read_component_deltas(spec: PipelineSpec, component: str, lora_map: LoraMap, file: AdapterFile) -> Deltas:
+    layers = read_adapter(file.path, spec.pipeline_class, lora_components(spec), spec.denoiser_component)
+    return layer_deltas(component, layers.get(component, {}), lora_map)
+
+
+class ComponentAdapters:
+    def __init__(self, spec: PipelineSpec, component: str, model_path: Path, lora_map: LoraMap,
+                 threads: int = 0, directory: Path | None = None) -> None:
+        self.spec = spec
+        self.component = component
+        self.model_path = model_path
+        self.lora_map = lora_map
+        self.threads = threads
+        self.directory = directory or adapters_dir()
+        self.cache: LRUCache[AdapterFile, Deltas] = LRUCache(int(os.environ.get(CACHE_ENV, DEFAULT_CACHE)))
+        self._refittable: RefittableSession | None = None
+        self._refitter: WeightRefitter | None = None
+
+    def _deltas(self, ref: AdapterRef) -> tuple[AdapterFile, Deltas]:
+        file = AdapterFile.find(self.directory, ref.path)
+        return file, self.cache.get_or_load(
+            file, lambda: read_component_deltas(self.spec, self.component, self.lora_map, file))
+
+    def resolve(self, lora: str) -> tuple[tuple, list[tuple[Deltas, float]]]:
+        """The `lora` text -> (a key of the weight set, [(deltas, scale)]); ((), []) = base weights.
+
+        Reads and checks every adapter before any weight changes (a bad file leaves them as they are).
+        """
+        refs: Sequence[AdapterRef] = [r for r in decode_adapters(lora)
+                                      if r.applies_to(self.component, self.spec.denoiser_component)]
+        key, adapters = [], []
+        for ref in refs:
+            file, deltas = self._deltas(ref)
+            if deltas:
+                key.append((file, ref.scale))
+                adapters.append((deltas, ref.scale))
+        return tuple(key), adapters
+
+    def refittable(self) -> RefittableSession:
+        if self._refittable is None:
+            self._refittable = create_refittable_session(self.model_path, self.lora_map.initializers, self.threads)
+            self._refitter = WeightRefitter(self._refittable.weights)
+        return self._refittable
+
+    def session_for(self, key: tuple, adapters: list[tuple[Deltas, float]]):
+        """The refittable session with `adapters` applied to its weights (base session: key ())."""
+        session = self.refittable()
+        assert self._refitter is not None
+        self._refitter.apply(key, adapters)
+        return session.session
+
+    @property
+    def current(self) -> tuple:
+        return self._refitter.current if self._refitter else ()  # type: ignore[return-value]

@@ -1,0 +1,77 @@
+"""Random-weight LoRA adapters for the tiny pipelines (tests, `dgate bench lora`), built offline.
+
+peft makes the layers (`LoraConfig` with random A and B) on the pipeline's own modules, so the keys
+and shapes are what a trained adapter of that pipeline has. Two layouts:
+- "peft": diffusers' own (`<component>.<layer>.lora_A.weight`, peft config in the metadata), as
+  `save_lora_weights` writes it;
+- "kohya": sd-scripts' names (`lora_unet_<layer>`, `lora_te_`/`lora_te1_`/`lora_te2_`, `.lora_down`,
+  `.lora_up`, `.alpha`), UNet pipelines only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DENOISER_TARGETS = {"unet": ["to_q", "to_k", "to_v", "to_out.0", "proj_in"],
+                    "transformer": ["to_q", "to_k", "to_v", "to_out.0"]}
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+KOHYA_TEXT_PREFIXES = {"text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
+
+
+def _adapter_layers(module: Any, targets: Sequence[str], rank: int, alpha: float, seed: int
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False)
+    torch.manual_seed(seed)
+    # On a throwaway copy's structure only: inject into the module, read the factors, remove them.
+    import copy
+
+    model = inject_adapter_in_model(config, copy.deepcopy(module))
+    state = {k: v.detach().clone() * 0.5 for k, v in get_peft_model_state_dict(model).items()}
+    return state, config.to_dict()
+
+
+def random_lora(model_dir: Path, out: Path, *, seed: int = 0, rank: int = 4, alpha: float = 8.0,
+                layout: str = "peft", text_encoder: bool = False) -> Path:
+    """Write a random adapter for the pipeline at `model_dir` to `out` (a .safetensors file)."""
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import save_file
+
+    pipe = DiffusionPipeline.from_pretrained(str(model_dir))
+    denoiser = "unet" if hasattr(pipe, "unet") else "transformer"
+    components = [denoiser] + (["text_encoder"] + (["text_encoder_2"] if getattr(pipe, "text_encoder_2", None)
+                                                    is not None and "clip" in type(pipe.text_encoder_2).__name__.lower()
+                                                    else []) if text_encoder else [])
+    tensors: dict[str, torch.Tensor] = {}
+    metadata: dict[str, Any] = {}
+    for index, component in enumerate(components):
+        targets = DENOISER_TARGETS[component] if component == denoiser else TEXT_ENCODER_TARGETS
+        state, config = _adapter_layers(getattr(pipe, component), targets, rank, alpha, seed + index)
+        if layout == "peft":
+            tensors |= {f"{component}.{k}": v.contiguous() for k, v in state.items()}
+            metadata |= {f"{component}.{k}": v for k, v in config.items()}
+        elif layout == "kohya" and denoiser == "unet":
+            prefix = "lora_unet" if component == "unet" else KOHYA_TEXT_PREFIXES[component]
+            if component.startswith("text_encoder") and hasattr(pipe, "text_encoder_2") and component == "text_encoder":
+                prefix = "lora_te1"  # SDXL names its two CLIPs te1/te2
+            for key, value in state.items():
+                layer, kind = key.rsplit(".lora_", 1)
+                name = f"{prefix}_" + layer.replace(".", "_")
+                tensors[f"{name}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = value.contiguous()
+                tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+        else:
+            raise ValueError(f"layout {layout!r} is not written for {type(pipe).__name__}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    header = {"format": "pt"} | ({"lora_adapter_metadata": json.dumps(metadata, default=list)} if metadata else {})
+    save_file(tensors, str(partial), metadata=header)
+    os.replace(partial, out)
+    return out
