@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -13,9 +14,10 @@ from dgate.frontend.engine import ImageEngine, TritonImageEngine
 from dgate.frontend.errors import install_exception_handlers
 from dgate.frontend.image_store import ImageStore
 from dgate.frontend.logs import configure_logging
+from dgate.frontend.lora_registry import LoraRegistry
 from dgate.frontend.metrics import Metrics
 from dgate.frontend.middleware import RequestMiddleware
-from dgate.frontend.routers import files, health, images, models
+from dgate.frontend.routers import files, health, images, loras, models
 from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.state import AppState
 
@@ -50,10 +52,11 @@ def create_app(settings: FrontendSettings | None = None, engine: ImageEngine | N
         store=ImageStore(settings.url_ttl_s, int(settings.url_store_max_mb * 2**20)),
         metrics=metrics,
         started=int(time.time()),
+        loras=LoraRegistry(Path(settings.lora_dir)),
     )
     install_exception_handlers(app, retry_after_s=settings.retry_after_s)
     app.add_middleware(RequestMiddleware, metrics=metrics)
-    for module in (images, models, files, health):
+    for module in (images, models, files, health, loras):
         app.include_router(module.router)
     return app
 

@@ -7,6 +7,7 @@ One OpenAI request becomes ONE Triton request to the pipeline's ensemble carryin
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from typing import Protocol
@@ -18,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
-from dgate.core.tensors import ENSEMBLE_OUTPUT, PIPELINE_MARKER_PARAMETER, infer_inputs
+from dgate.core.tensors import ENSEMBLE_OUTPUT, LORA_INPUT, PIPELINE_MARKER_PARAMETER, infer_inputs
 from dgate.frontend.schemas import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class ImageEngine(Protocol):
 
     async def ready(self) -> bool:
         """True when the backend is ready and at least one pipeline is loaded."""
+
+    async def check_adapters(self, name: str, lora: str) -> dict:
+        """The pipeline's report on the adapters in `lora`; InvalidRequestError if one does not fit."""
 
 
 async def resolve_model(engine: ImageEngine, requested: str | None, default: str | None) -> str:
@@ -196,6 +200,21 @@ class TritonImageEngine:
         if images is None:
             raise EngineError(f"pipeline '{name}' returned no '{ENSEMBLE_OUTPUT.name}' output")
         return check_images(images, params)
+
+    async def check_adapters(self, name: str, lora: str) -> dict:
+        await self.pipeline_limits(name)  # ModelNotFound for a name that is not a pipeline
+        request = grpcclient.InferInput(LORA_INPUT, [1], "BYTES")
+        request.set_data_from_numpy(np.array([lora.encode()], dtype=np.object_))
+        try:
+            result = await self.client.infer(f"{name}_lora", [request], client_timeout=self._request_timeout_s)
+        except InferenceServerException as exc:
+            error = _map_error(exc)
+            if isinstance(error, EngineError) and "unknown model" in error.message or "is not found" in exc.message():
+                raise InvalidRequestError(f"{name} is served without LoRA support", "model") from exc
+            if isinstance(error, InvalidRequestError):
+                raise InvalidRequestError(error.message, "lora_path") from exc
+            raise error from exc
+        return json.loads(result.as_numpy("report")[0])
 
     async def ready(self) -> bool:
         try:

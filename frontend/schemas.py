@@ -77,6 +77,10 @@ class ImageGenerationRequest(BaseModel):
                                             "encoder); default: the model's `default_max_sequence_length`")
     true_cfg_scale: float | None = Field(None, ge=0.0, description="Flux: classifier-free guidance scale, "
                                          "applied when > 1 and a negative_prompt is given")
+    lora: str | list[str] | None = Field(None, description="adapter name(s) from the adapters directory or "
+                                         "set with /v1/set_lora; default: the model's active adapters")
+    lora_scale: float | list[float] | None = Field(None, description="strength of each adapter (one value "
+                                                   "is used for all)")
 
     @field_validator("prompt")
     @classmethod

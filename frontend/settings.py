@@ -32,3 +32,4 @@ class FrontendSettings(BaseSettings):
     public_base_url: str | None = Field(None, description="absolute base of `url` links; else the request's")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 answers")
     log_level: str = "INFO"
+    lora_dir: str = Field("build/loras", description="the adapters directory (DGATE_LORA_DIR); Triton reads the same")

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from dgate.frontend.engine import ImageEngine
 from dgate.frontend.image_store import ImageStore
+from dgate.frontend.lora_registry import LoraRegistry
 from dgate.frontend.metrics import Metrics
 from dgate.frontend.settings import FrontendSettings
 
@@ -20,6 +21,7 @@ class AppState:
     store: ImageStore
     metrics: Metrics
     started: int  # unix time; the `created` of model objects (Triton does not report load times)
+    loras: LoraRegistry
 
 
 def app_state(request: Request) -> AppState:

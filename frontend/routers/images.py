@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 from fastapi import APIRouter, Request
 
@@ -20,6 +21,7 @@ async def create_image(body: ImageGenerationRequest, request: Request, state: St
     model = await resolve_model(state.engine, body.model, state.settings.default_model)
     limits = await state.engine.pipeline_limits(model)
     params = body.to_params(limits, max_prompt_chars=state.settings.max_prompt_chars)
+    params = replace(params, lora=state.loras.request_lora(model, body.lora, body.lora_scale))
     images = await state.engine.generate(model, params)
     state.metrics.images.labels(model=model).inc(len(images))
 

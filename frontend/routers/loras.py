@@ -1,0 +1,143 @@
+"""The LoRA API: seed 004's `set_lora` / `merge_lora_weights` / `unmerge_lora_weights` /
+`list_loras`, seed 002's `/v1/loras/load|unload|list`, and `DELETE /v1/loras/{name}`.
+
+Control path: every adapter is checked by the pipeline's `<pipeline>_lora` Triton model (the same
+reading and layer matching the components use) before the registry changes, so a bad file is a
+400 and the active adapters stay as they were. Weights change in Triton per request, by refit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from dgate.core.lora.request import ALL_COMPONENTS, AdapterRef, encode_adapters
+from dgate.frontend.engine import resolve_model
+from dgate.frontend.errors import OpenAIError
+from dgate.frontend.lora_registry import ActiveAdapter, broadcast
+from dgate.frontend.state import AppState, State
+
+router = APIRouter(tags=["lora"])
+
+
+class SetLoraRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lora_nickname: str | list[str]
+    lora_path: str | list[str] | None = Field(None, description="relative to the adapters directory; "
+                                              "default: <nickname>.safetensors or <nickname>/")
+    target: str | list[str] = ALL_COMPONENTS
+    strength: float | list[float] = 1.0
+    model: str | None = None
+
+
+class MergeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str | None = None
+    strength: float | None = None
+    model: str | None = None
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: str | None = None
+    model: str | None = None
+
+
+class NameRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+async def _model(state: AppState, requested: str | None) -> str:
+    return await resolve_model(state.engine, requested, state.settings.default_model)
+
+
+async def _check(state: AppState, model: str, adapters: list[ActiveAdapter]) -> dict[str, Any]:
+    return await state.engine.check_adapters(model, encode_adapters(
+        AdapterRef(a.path, 1.0, a.target) for a in adapters))
+
+
+def _active_view(state: AppState, model: str) -> dict[str, Any]:
+    by_target: dict[str, list[dict[str, object]]] = {}
+    for adapter in state.loras.active.get(model, []):
+        by_target.setdefault(adapter.target, []).append(adapter.describe())
+    return {"model": model,
+            "loaded_adapters": [{"nickname": n, "path": p} for n, p in sorted(state.loras.loaded.items())],
+            "active": by_target}
+
+
+@router.post("/v1/set_lora")
+async def set_lora(body: SetLoraRequest, state: State) -> dict[str, Any]:
+    model = await _model(state, body.model)
+    nicknames = body.lora_nickname if isinstance(body.lora_nickname, list) else [body.lora_nickname]
+    paths = broadcast("lora_path", body.lora_path, len(nicknames))
+    targets = broadcast("target", body.target, len(nicknames))
+    strengths = broadcast("strength", body.strength, len(nicknames))
+    adapters = [ActiveAdapter(n, state.loras.path_for(n, p), float(s), t)
+                for n, p, t, s in zip(nicknames, paths, targets, strengths, strict=True)]
+    report = await _check(state, model, adapters)
+    state.loras.activate(model, adapters)
+    return {"status": "ok"} | _active_view(state, model) | {"report": report["adapters"]}
+
+
+@router.post("/v1/merge_lora_weights")
+async def merge_lora_weights(body: MergeRequest, state: State) -> dict[str, Any]:
+    # Every applied adapter is already fused into the weights (refit): merging pins it as the
+    # pipeline's state until /v1/unmerge_lora_weights, as seed 004's fuse does.
+    model = await _model(state, body.model)
+    state.loras.set_merged(model, True, body.target, body.strength)
+    return {"status": "ok"} | _active_view(state, model)
+
+
+@router.post("/v1/unmerge_lora_weights")
+async def unmerge_lora_weights(state: State, body: MergeRequest | None = None) -> dict[str, Any]:
+    body = body or MergeRequest()
+    model = await _model(state, body.model)
+    state.loras.set_merged(model, False, body.target)
+    return {"status": "ok"} | _active_view(state, model)
+
+
+@router.get("/v1/list_loras")
+async def list_loras(state: State, model: str | None = None) -> dict[str, Any]:
+    return _active_view(state, await _model(state, model))
+
+
+@router.post("/v1/loras/load")
+async def load_lora(body: LoadRequest, state: State) -> dict[str, Any]:
+    model = await _model(state, body.model)
+    adapter = ActiveAdapter(body.name, state.loras.path_for(body.name, body.path), 1.0)
+    report = await _check(state, model, [adapter])
+    state.loras.loaded[body.name] = adapter.path
+    return {"name": body.name, "path": adapter.path, "model": model, "status": "loaded"} | report["adapters"][0]
+
+
+def _forget(state: AppState, name: str) -> None:
+    if not state.loras.forget(name):
+        raise OpenAIError(404, f"no adapter {name!r} is loaded", param="name", code="lora_not_found")
+
+
+@router.post("/v1/loras/unload")
+async def unload_lora(body: NameRequest, state: State) -> dict[str, Any]:
+    _forget(state, body.name)
+    return {"name": body.name, "status": "unloaded"}
+
+
+@router.delete("/v1/loras/{name}")
+async def delete_lora(name: str, state: State) -> dict[str, Any]:
+    _forget(state, name)
+    return {"id": name, "object": "lora.deleted", "deleted": True}
+
+
+@router.get("/v1/loras/list")
+async def list_loaded(state: State) -> dict[str, Any]:
+    data = [{"name": name, "path": path, "active_on": state.loras.active_on(name)}
+            for name, path in sorted(state.loras.loaded.items())]
+    return {"object": "list", "data": data}
+
