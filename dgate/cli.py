@@ -175,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=4)
     bench.add_argument("--size", type=int, default=64)
     bench.set_defaults(func=cmd_bench)
+
+    from dgate.finetune.cli import add_finetune_parser  # argparse only: torch loads when a command runs
+
+    add_finetune_parser(sub)
     return parser
 
 
