@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,22 +61,54 @@ def loaded_adapters(pipe: Any, lora: str) -> Iterator[None]:
     if not refs:
         yield
         return
+    files = [adapter_file(resolve_adapter(adapters_dir(), ref.path)) for ref in refs]
+    if not hasattr(pipe, "load_lora_weights"):
+        with _peft_adapters(pipe, files, [ref.scale for ref in refs]):
+            yield
+        return
     names = [f"dgate_{index}" for index in range(len(refs))]
-    owner = pipe if hasattr(pipe, "load_lora_weights") else pipe.transformer
-    for name, ref in zip(names, refs, strict=True):
-        file = str(adapter_file(resolve_adapter(adapters_dir(), ref.path)))
-        if owner is pipe:
-            pipe.load_lora_weights(file, adapter_name=name)
-        else:
-            owner.load_lora_adapter(file, prefix="transformer", adapter_name=name)
-    owner.set_adapters(names, [ref.scale for ref in refs])
+    for name, file in zip(names, files, strict=True):
+        pipe.load_lora_weights(str(file), adapter_name=name)
+    pipe.set_adapters(names, [ref.scale for ref in refs])
     try:
         yield
     finally:
-        if owner is pipe:
-            pipe.unload_lora_weights()
-        else:
-            owner.delete_adapters(names)
+        pipe.unload_lora_weights()
+
+
+@contextmanager
+def _peft_adapters(pipe: Any, files: list[Path], scales: list[float]) -> Iterator[None]:
+    """peft's own LoRA layers in a copy of the transformer (PixArt: diffusers has no loader for it)."""
+    import copy
+    import json
+
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    original = pipe.transformer
+    model = copy.deepcopy(original)
+    names = []
+    for index, (file, scale) in enumerate(zip(files, scales, strict=True)):
+        with safe_open(str(file), "pt") as handle:
+            metadata = json.loads((handle.metadata() or {})["lora_adapter_metadata"])
+        config = {k.removeprefix("transformer."): v for k, v in metadata.items() if k.startswith("transformer.")}
+        name = f"dgate_{index}"
+        inject_adapter_in_model(LoraConfig(**config), model, adapter_name=name)
+        set_peft_model_state_dict(model, {k.removeprefix("transformer."): v for k, v in load_file(str(file)).items()},
+                                  adapter_name=name)
+        for module in model.modules():
+            if hasattr(module, "scaling") and name in module.scaling:
+                module.scaling[name] *= scale
+        names.append(name)
+    for module in model.modules():
+        if hasattr(module, "set_adapter") and hasattr(module, "scaling"):
+            module.set_adapter(names)
+    pipe.transformer = model
+    try:
+        yield
+    finally:
+        pipe.transformer = original
 
 
 def diffusers_images(pipe: Any, values: Mapping[str, Any]) -> np.ndarray:

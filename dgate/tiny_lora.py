@@ -24,7 +24,7 @@ TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 KOHYA_TEXT_PREFIXES = {"text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
 
 
-def _adapter_layers(module: Any, targets: Sequence[str], rank: int, alpha: float, seed: int
+def _adapter_layers(module: Any, targets: Sequence[str], rank: int, alpha: int, seed: int, magnitude: float
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
@@ -35,13 +35,14 @@ def _adapter_layers(module: Any, targets: Sequence[str], rank: int, alpha: float
     import copy
 
     model = inject_adapter_in_model(config, copy.deepcopy(module))
-    state = {k: v.detach().clone() * 0.5 for k, v in get_peft_model_state_dict(model).items()}
+    state = {k: v.detach().clone() * magnitude for k, v in get_peft_model_state_dict(model).items()}
     return state, config.to_dict()
 
 
-def random_lora(model_dir: Path, out: Path, *, seed: int = 0, rank: int = 4, alpha: float = 8.0,
-                layout: str = "peft", text_encoder: bool = False) -> Path:
-    """Write a random adapter for the pipeline at `model_dir` to `out` (a .safetensors file)."""
+def random_lora(model_dir: Path, out: Path, *, seed: int = 0, rank: int = 4, alpha: int = 8,
+                layout: str = "peft", text_encoder: bool = False, magnitude: float = 0.5) -> Path:
+    """Write a random adapter for the pipeline at `model_dir` to `out` (a .safetensors file);
+    `magnitude` scales peft's random factors (the tiny DiTs need more to change their images)."""
     from diffusers import DiffusionPipeline
     from safetensors.torch import save_file
 
@@ -54,7 +55,7 @@ def random_lora(model_dir: Path, out: Path, *, seed: int = 0, rank: int = 4, alp
     metadata: dict[str, Any] = {}
     for index, component in enumerate(components):
         targets = DENOISER_TARGETS[component] if component == denoiser else TEXT_ENCODER_TARGETS
-        state, config = _adapter_layers(getattr(pipe, component), targets, rank, alpha, seed + index)
+        state, config = _adapter_layers(getattr(pipe, component), targets, rank, alpha, seed + index, magnitude)
         if layout == "peft":
             tensors |= {f"{component}.{k}": v.contiguous() for k, v in state.items()}
             metadata |= {f"{component}.{k}": v for k, v in config.items()}

@@ -52,6 +52,16 @@ class TritonPythonModel:
             raise RuntimeError(f"{self.denoiser_model}: {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, "noise_pred").as_numpy()
 
+    def _check_adapters(self, lora: str) -> None:
+        """Every adapter against every component's weights, before the loop spends a step: BLS errors
+        arrive without their code, so a misfit found by the UNet mid-loop would read as a 500."""
+        check = pb_utils.InferenceRequest(
+            model_name=f"{self.spec.name}_lora", requested_output_names=["report"],
+            inputs=[pb_utils.Tensor(LORA_INPUT, np.array([lora.encode()], dtype=np.object_))])
+        response = check.exec()
+        if response.has_error():  # the check model raises only for adapters that do not fit
+            raise InvalidRequestError(response.error().message(), "lora")
+
     def _run(self, request: Any) -> Any:
         try:
             params = DenoiseParams(
@@ -71,6 +81,8 @@ class TritonPythonModel:
             if lora and not self.takes_lora:
                 raise InvalidRequestError(f"{self.spec.name} is served without LoRA support "
                                           "(exported for a native backend or with --no-lora)", "lora")
+            if lora:
+                self._check_adapters(lora)
             text: TextOutputs = {
                 component: {name: input_array(request, f"{component}_{name}") for name in names}
                 for component, names in self.text_inputs.items()

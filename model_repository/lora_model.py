@@ -9,6 +9,7 @@ weights, so a bad file can never reach a served model through it.
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ class TritonPythonModel:
         adapters = []
         for ref in decode_adapters(str(input_scalar(request, LORA_INPUT))):
             file = AdapterFile.find(directory, ref.path)
-            report = self.reports.get_or_load(file, lambda file=file: self._check(file))
+            report = self.reports.get_or_load(file, partial(self._check, file))
             adapters.append({"path": ref.path, "bytes": file.size} | report)
         return json.dumps({"pipeline": self.spec.name, "adapters": adapters})
 

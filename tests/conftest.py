@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 # Tests never reach a hub: the tiny pipelines are built locally and loaded back from disk.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One adapters directory for the session, set before tritonserver starts so its models read it too.
+os.environ.setdefault("DGATE_LORA_DIR", tempfile.mkdtemp(prefix="dgate-loras-"))
 
 pytest_plugins = ["frontend_fixtures"]
 

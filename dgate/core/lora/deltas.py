@@ -21,6 +21,8 @@ def layer_deltas(component: str, layers: dict[str, LoraLayer], lora_map: LoraMap
     deltas: Deltas = {}
     for name, layer in layers.items():
         mapped = lora_map.layers.get(name)
+        if mapped is None and name in lora_map.unused:
+            continue
         if mapped is None:
             raise LoraError(f"{component}: the adapter's layer {name!r} matches no refittable layer of the model")
         delta = layer.delta()

@@ -22,15 +22,19 @@ class WeightRefitter:
         self._changed: set[str] = set()
         self.current: Hashable = ()  # key of the applied adapter set; () = base weights
 
-    def apply(self, key: Hashable, adapters: Sequence[tuple[Deltas, float]]) -> None:
-        """Make the live weights base + sum(scale * delta); `key` names the set (no work if current)."""
+    def apply(self, key: Hashable, adapters: Sequence[tuple[Deltas, float]]) -> set[str]:
+        """Make the live weights base + sum(scale * delta); `key` names the set (no work if current).
+
+        Returns the names of the buffers written (what a TensorRT refit must push).
+        """
         if key == self.current:
-            return
+            return set()
         total: dict[str, np.ndarray] = {}
         for deltas, scale in adapters:
             for name, delta in deltas.items():
                 scaled = np.float32(scale) * delta
                 total[name] = total[name] + scaled if name in total else scaled
+        written = self._changed | total.keys()
         for name in self._changed - total.keys():
             np.copyto(self.live[name], self._base[name])
         for name, delta in total.items():
@@ -40,3 +44,4 @@ class WeightRefitter:
             np.copyto(buffer, (base.astype(np.float32) + delta).astype(buffer.dtype))
         self._changed = set(total)
         self.current = key
+        return written

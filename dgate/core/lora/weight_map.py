@@ -36,16 +36,19 @@ class LoraMap:
     """layer name (as in the diffusers/transformers module) -> its weight in the ONNX graph."""
 
     layers: dict[str, MappedWeight]
+    # Layers of the module that the graph does not compute (SDXL's CLIPs stop at the penultimate
+    # layer): an adapter's change there cannot affect the output, so it is skipped, not refused.
+    unused: frozenset[str] = frozenset()
 
     def to_json(self) -> str:
-        return json.dumps({"version": MAP_VERSION, "layers": {k: asdict(v) for k, v in sorted(self.layers.items())}},
-                          indent=1)
+        return json.dumps({"version": MAP_VERSION, "layers": {k: asdict(v) for k, v in sorted(self.layers.items())},
+                           "unused": sorted(self.unused)}, indent=1)
 
     @classmethod
     def load(cls, path: Path) -> LoraMap:
         data = json.loads(path.read_text())
         return cls({k: MappedWeight(v["initializer"], v["transposed"], tuple(v["shape"]))
-                    for k, v in data["layers"].items()})
+                    for k, v in data["layers"].items()}, frozenset(data.get("unused", ())))
 
     @property
     def initializers(self) -> set[str]:
@@ -72,11 +75,13 @@ def build_lora_map(module: Any, initializers: dict[str, np.ndarray]) -> LoraMap:
             array = child.weight.detach().float().cpu().numpy()
             arrays[layer] = array
             weights[_digest(array)].append(layer)
-    layers = {}
+    layers, unused = {}, set()
     for digest, names in weights.items():
         hits = by_digest.get(("float32", digest), [])
-        if len(names) != 1 or len(hits) != 1:
-            continue  # absent (folded away) or ambiguous: not refittable
-        initializer, transposed = hits[0]
-        layers[strip_text_model(names[0])] = MappedWeight(initializer, transposed, tuple(arrays[names[0]].shape))
-    return LoraMap(layers)
+        if not hits:
+            unused.update(strip_text_model(name) for name in names)  # pruned from the graph
+        elif len(names) == 1 and len(hits) == 1:
+            initializer, transposed = hits[0]
+            layers[strip_text_model(names[0])] = MappedWeight(initializer, transposed, tuple(arrays[names[0]].shape))
+        # else: several layers share these bytes; which initializer is whose is unknowable: not refittable
+    return LoraMap(layers, frozenset(unused))
