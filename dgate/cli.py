@@ -110,6 +110,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_bench_lora(args: argparse.Namespace) -> int:
+    from dgate.bench.lora_bench import run_lora_bench
+
+    return run_lora_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgate", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -164,6 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     frontend.add_argument("--host")
     frontend.add_argument("--port", type=int)
     frontend.set_defaults(func=cmd_frontend)
+
+    bench_lora = sub.add_parser("bench-lora", help="LoRA: adapter switch vs model reload, mixed vs single "
+                                "adapter throughput")
+    bench_lora.add_argument("--model-repository", type=Path, default=Path("build/model_repository"))
+    bench_lora.add_argument("--model", type=Path, default=Path("build/models/tiny-sd"),
+                            help="the exported pipeline's diffusers directory (random adapters are made for it)")
+    bench_lora.add_argument("--steps", type=int, default=4)
+    bench_lora.add_argument("--size", type=int, default=64)
+    bench_lora.add_argument("--concurrency", type=int, default=8)
+    bench_lora.add_argument("--requests", type=int, default=48, help="requests per traffic mix (two halves)")
+    bench_lora.add_argument("--rounds", type=int, default=20, help="switches measured per adapter")
+    bench_lora.add_argument("--reloads", type=int, default=5)
+    bench_lora.set_defaults(func=cmd_bench_lora)
 
     bench = sub.add_parser("bench", help="throughput/latency: frontend vs Triton vs in-process diffusers")
     bench.add_argument("--model-repository", type=Path, default=Path("build/model_repository"))
