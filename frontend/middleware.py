@@ -1,5 +1,6 @@
 """Per-request plumbing as plain ASGI (no BaseHTTPMiddleware buffering): request id, one JSON log
-line, metrics, and the last-resort conversion of unexpected exceptions into an OpenAI 500."""
+line, metrics, curl's form label on JSON bodies, and the last-resort conversion of unexpected
+exceptions into an OpenAI 500."""
 
 from __future__ import annotations
 
@@ -29,6 +30,17 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+FORM_URLENCODED = b"application/x-www-form-urlencoded"
+
+
+def _json_for_curl_forms(scope: Scope) -> None:
+    """`curl -d '{...}'` sends JSON labelled as a urlencoded form; D-Gate has no urlencoded endpoint,
+    so such a body is read as the JSON it is (a real form body then fails JSON parsing with a 400)."""
+    headers = scope.get("headers", [])
+    if any(k == b"content-type" and v.split(b";")[0].strip().lower() == FORM_URLENCODED for k, v in headers):
+        scope["headers"] = [(k, b"application/json" if k == b"content-type" else v) for k, v in headers]
+
+
 class RequestMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -40,6 +52,7 @@ class RequestMiddleware:
             return
         request_id = _request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
+        _json_for_curl_forms(scope)
         status = 500
         started = False
 

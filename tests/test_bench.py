@@ -54,3 +54,17 @@ def test_bench_prints_the_table(tiny_models: dict[str, Path], model_repository: 
     assert "BLS step cost (per-step overhead = " in output
     assert output.count("[MET]") + output.count("[MISSED]") == 3
     _table(flux_report)
+
+
+def test_bench_lora_prints_switch_reload_and_mix(tiny_models: dict[str, Path], model_repository: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench-lora", "--model-repository", str(model_repository), "--model", str(tiny_models["tiny-sd"]),
+                 "--rounds", "2", "--reloads", "1", "--requests", "4", "--concurrency", "2", "--steps", "2"])
+    output = capsys.readouterr().out
+    assert code == 0, output
+    for line in ("weight switch in process (unet", "call, no adapter:", "call, adapter switching:",
+                 "reload (explicit load):", "switch / reload: 1/", "mixed / single throughput:"):
+        assert line in output, line
+    switch_ms = float(output.split("weight switch in process")[1].split("median")[1].split("ms")[0])
+    reload_ms = float(output.split("reload (explicit load):")[1].split("median")[1].split("ms")[0])
+    assert 0 < switch_ms < reload_ms

@@ -916,6 +916,7 @@ def test_triton_engine_sends_every_ensemble_input_with_its_dtype() -> None:
     params = GenerationParams(
         prompt="a lighthouse", negative_prompt="fog", num_images=2, num_inference_steps=4, guidance_scale=3.5,
         seed=3, height=32, width=48, scheduler="flow_euler", max_sequence_length=512, true_cfg_scale=4.0,
+        lora='[{"path":"fox.safetensors","scale":0.8,"target":"all"}]',
     )
     sent: dict[str, Any] = {}
 
@@ -946,6 +947,7 @@ def test_triton_engine_sends_every_ensemble_input_with_its_dtype() -> None:
         "scheduler": ("BYTES", [1]),
         "max_sequence_length": ("INT32", [1]),
         "true_cfg_scale": ("FP32", [1]),
+        "lora": ("BYTES", [1]),
     }
     assert np.frombuffer(sent["max_sequence_length"][2], np.int32).tolist() == [512]
     assert np.frombuffer(sent["true_cfg_scale"][2], np.float32).tolist() == [4.0]
@@ -966,3 +968,14 @@ def test_image_store_expiry_and_memory_cap() -> None:
     assert store.remaining_s(store.get(second)) == pytest.approx(0.1)
     now[0] = 10.0
     assert store.get(second) is None and store.get(third) is None
+
+
+def test_curl_d_json_bodies_are_read_as_json(base_url: str) -> None:
+    """`curl URL -d '{...}'` labels JSON as a urlencoded form (the README's LoRA examples rely on it)."""
+    status, _, body = http("POST", f"{base_url}/v1/images/generations",
+                           json.dumps({"model": "tiny-sd", "prompt": "a fox", "size": "64x64"}).encode(),
+                           {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200, body
+    status, _, body = http("POST", f"{base_url}/v1/images/generations", b"prompt=a+fox",
+                           {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"

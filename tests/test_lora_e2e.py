@@ -241,3 +241,33 @@ def test_unknown_adapter_in_a_generation_is_a_400(client: OpenAI) -> None:
         image(client, lora="nobody")
     with pytest.raises(openai.BadRequestError, match="lora_scale has 1 values for 2 adapters"):
         image(client, lora=["sd-a", "sd-b"], lora_scale=[1.0])
+
+
+def test_an_adapter_trained_by_dgate_finetune_is_served(client: OpenAI, frontend: str, adapters: Path,
+                                                        tiny_models: dict, tmp_path: Path) -> None:
+    """`dgate finetune lora` writes into the adapters directory; set_lora activates it; the served image
+    changes and equals diffusers' load_lora_weights of the same file."""
+    import yaml
+
+    from dgate.cli import main
+
+    dataset = tmp_path / "data"
+    assert main(["finetune", "make-dataset", "--out", str(dataset), "--count", "4", "--size", "64",
+                 "--prefix", "a photo of a fox, "]) == 0
+    config = tmp_path / "fox.yaml"
+    config.write_text(yaml.safe_dump({
+        "pretrained_model": str(tiny_models["tiny-sd"]), "dataset": str(dataset),
+        "output": str(adapters / "trained-fox.safetensors"), "output_dir": str(tmp_path / "run"),
+        "rank": 4, "lora_alpha": 8, "resolution": 64, "batch_size": 2, "max_steps": 6, "learning_rate": 1e-2,
+        "device": "cpu", "checkpoint_every": 6, "wandb": False}))
+    assert main(["finetune", "lora", "--config", str(config)]) == 0
+    http = httpx.Client(base_url=frontend, timeout=60)
+    base = image(client, lora=[])
+    answer = http.post("/v1/set_lora", json={"lora_nickname": "trained-fox", "strength": 1.0})
+    assert answer.status_code == 200, answer.text
+    served = image(client)
+    http.post("/v1/set_lora", json={"lora_nickname": "trained-fox", "strength": 0.0})
+    assert max_difference(served, base) > 2, "the trained adapter must change the image"
+    expected = reference_images(tiny_models["tiny-sd"], lora=lora_text(("trained-fox", 1.0)), seed=3,
+                                prompt="a red fox in the snow", **FAST)
+    assert max_difference(served[None], expected) <= MAX_PIXEL_DIFFERENCE

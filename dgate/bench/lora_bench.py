@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import tempfile
 import time
@@ -34,13 +35,14 @@ def _unet_inputs(spec: PipelineSpec, size: int) -> dict[str, np.ndarray]:
 
 def _timed_unet_calls(client: Any, model: str, inputs: dict[str, np.ndarray], loras: list[str]) -> list[float]:
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
 
     times = []
     for lora in loras:
         tensors = []
-        for name, array in inputs.items() | {LORA_INPUT: np.array([[lora.encode()]] * 2, dtype=np.object_)}.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else
-                                           {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}[array.dtype])
+        rows = np.array([[lora.encode()]] * len(inputs["sample"]), dtype=np.object_)
+        for name, array in (inputs | {LORA_INPUT: rows}).items():
+            tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         start = time.perf_counter()
@@ -81,13 +83,24 @@ async def _throughput(url: str, pipeline: str, workload: Workload, loras: list[s
 
 
 def run_lora_bench(args: argparse.Namespace) -> int:
+    directory = Path(tempfile.mkdtemp(prefix="dgate-bench-loras-"))
+    previous = os.environ.get(LORA_DIR_ENV)
+    os.environ[LORA_DIR_ENV] = str(directory)  # read by the tritonserver started below
+    try:
+        return _run(args, directory)
+    finally:
+        if previous is None:
+            os.environ.pop(LORA_DIR_ENV, None)
+        else:
+            os.environ[LORA_DIR_ENV] = previous
+
+
+def _run(args: argparse.Namespace, directory: Path) -> int:
     from dgate.tiny_lora import random_lora
     from dgate.triton_server import TritonServer, free_ports
 
     model_dir: Path = args.model
     spec = PipelineSpec.load(args.model_repository / f"{model_dir.name}_denoiser" / "1" / "pipeline.json")
-    directory = Path(tempfile.mkdtemp(prefix="dgate-bench-loras-"))
-    os.environ[LORA_DIR_ENV] = str(directory)  # read by tritonserver's models, started below
     for seed, name in enumerate(ADAPTERS):
         random_lora(model_dir, directory / f"{name}.safetensors", seed=seed, text_encoder=True)
     loras = [encode_adapters([AdapterRef(f"{name}.safetensors", 1.0)]) for name in ADAPTERS]
@@ -105,19 +118,30 @@ def run_lora_bench(args: argparse.Namespace) -> int:
         unet = f"{spec.name}_{spec.denoiser_component}"
         inputs = _unet_inputs(spec, args.size)
         _timed_unet_calls(client, unet, inputs, loras + loras)  # warm: adapters read and cached
-        same = _timed_unet_calls(client, unet, inputs, [loras[0]] * (args.rounds * 3))
-        switching = _timed_unet_calls(client, unet, inputs, loras * args.rounds)
+        same: list[float] = []
+        switching: list[float] = []
+        base: list[float] = []
+        for _ in range(args.rounds):  # interleaved, so load changes hit all alike
+            base += _timed_unet_calls(client, unet, inputs, [""] * 2)
+            same += _timed_unet_calls(client, unet, inputs, [loras[0]] * 3)[1:]  # 1st may switch
+            switching += _timed_unet_calls(client, unet, inputs, loras[1:] + loras[:1])
         reloads = []
-        for _ in range(args.reloads):
+        config = client.get_model_config(unet, as_json=True)["config"]
+        for index in range(args.reloads):
+            # What switching by reloading the model would cost. A changed config forces the reload
+            # (loading an unchanged, loaded model is a no-op); load_model returns once it is ready.
+            config.setdefault("parameters", {})["bench_reload"] = {"string_value": str(index)}
             start = time.perf_counter()
-            client.load_model(unet)  # what switching by reloading the model would cost
+            client.load_model(unet, config=json.dumps(config))
             reloads.append(time.perf_counter() - start)
+            _timed_unet_calls(client, unet, inputs, [""])
         switch_cost = float(np.median(switching) - np.median(same))
-        print(f"{unet} call, same adapter:      {_ms(same)}")
+        print(f"{unet} call, no adapter:        {_ms(base)}  (the fully optimised session)")
+        print(f"{unet} call, same adapter:      {_ms(same)}  (the refittable session)")
         print(f"{unet} call, adapter switching: {_ms(switching)}  -> switch costs {switch_cost * 1000:.2f} ms")
         print(f"{unet} reload (explicit load):  {_ms(reloads)}")
-        print(f"switch / reload: 1/{np.median(reloads) / max(float(np.median(switch)), 1e-9):.0f} (in-process switch), "
-              f"1/{np.median(reloads) / max(switch_cost, 1e-9):.0f} (in-Triton call difference)")
+        print(f"switch / reload: 1/{np.median(reloads) / float(np.median(switch)):.0f} (the weight switch); a whole "
+              f"UNet call with a switch / reload: 1/{np.median(reloads) / float(np.median(switching)):.0f}")
         workload = Workload(args.steps, args.size)
         single, mixed = asyncio.run(_both(server.ports.grpc_url, spec.name, workload, loras, args))
         print(f"concurrency {args.concurrency}, {args.requests} requests x 2 halves (ABBA):")
