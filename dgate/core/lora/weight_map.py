@@ -75,7 +75,8 @@ def build_lora_map(module: Any, initializers: dict[str, np.ndarray]) -> LoraMap:
             array = child.weight.detach().float().cpu().numpy()
             arrays[layer] = array
             weights[_digest(array)].append(layer)
-    layers, unused = {}, set()
+    layers: dict[str, MappedWeight] = {}
+    unused: set[str] = set()
     for digest, names in weights.items():
         hits = by_digest.get(("float32", digest), [])
         if not hits:
