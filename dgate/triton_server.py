@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dgate.core.lora.request import LORA_DIR_ENV, adapters_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +65,9 @@ class TritonBinary:
         env = dict(os.environ)
         # The python backend stub finds the interpreter (and so the venv's site-packages) through PATH.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        # The adapters directory as the launcher sees it (a relative default must not depend on the
+        # working directory of Triton's stub processes).
+        env[LORA_DIR_ENV] = str(adapters_dir().resolve())
         if self.lib_dir is not None:
             paths = [str(self.lib_dir), env.get("LD_LIBRARY_PATH", "")]
             env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, paths))

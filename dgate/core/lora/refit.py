@@ -29,19 +29,32 @@ class WeightRefitter:
         """
         if key == self.current:
             return set()
-        total: dict[str, np.ndarray] = {}
+        contributions: dict[str, list[tuple[np.ndarray, float]]] = {}
         for deltas, scale in adapters:
             for name, delta in deltas.items():
-                scaled = np.float32(scale) * delta
-                total[name] = total[name] + scaled if name in total else scaled
-        written = self._changed | total.keys()
-        for name in self._changed - total.keys():
+                contributions.setdefault(name, []).append((delta, scale))
+        written = self._changed | contributions.keys()
+        for name in self._changed - contributions.keys():
             np.copyto(self.live[name], self._base[name])
-        for name, delta in total.items():
+        for name, terms in contributions.items():
             buffer = self.live[name]
             base = self._base.setdefault(name, buffer.copy())
-            # Sum in float32, then round once into the weight's own dtype (FP16 models).
-            np.copyto(buffer, (base.astype(np.float32) + delta).astype(buffer.dtype))
-        self._changed = set(total)
+            _write_sum(buffer, base, terms)
+        self._changed = set(contributions)
         self.current = key
         return written
+
+
+def _write_sum(buffer: np.ndarray, base: np.ndarray, terms: list[tuple[np.ndarray, float]]) -> None:
+    """buffer = sum(scale * delta) + base, in float32, written in place without temporaries (a full
+    SD 1.5 attention adapter is ~100 M weights and this is memory-bound: two numpy passes took
+    70 ms where one expression with temporaries took 130 ms, and torch's multi-threaded add 2.3 s
+    on this 2-core machine)."""
+    target = buffer if buffer.dtype == np.float32 else np.empty(buffer.shape, np.float32)
+    (first, first_scale), rest = terms[0], terms[1:]
+    np.multiply(first, np.float32(first_scale), out=target)
+    for delta, scale in rest:
+        target += np.float32(scale) * delta
+    np.add(target, base, out=target, casting="unsafe")
+    if target is not buffer:  # FP16 weights: summed in float32, rounded once into the weight's dtype
+        np.copyto(buffer, target, casting="unsafe")
