@@ -41,7 +41,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     options = ServingOptions(
         triton_backend=args.triton_backend, engine=args.backend, device=args.device,
         denoiser_instances=args.denoiser_instances, component_instances=args.component_instances,
-        max_queue_delay_us=args.max_queue_delay_us, onnx_threads=args.onnx_threads,
+        max_queue_delay_us=args.max_queue_delay_us, onnx_threads=args.onnx_threads, lora=args.lora,
     )
     if args.name and len(args.name) != len(args.model):
         raise SystemExit("--name must be given once per --model")
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--component-instances", type=int, default=1)
     export.add_argument("--max-queue-delay-us", type=int, default=100)
     export.add_argument("--onnx-threads", type=int, default=0)
+    export.add_argument("--no-lora", dest="lora", action="store_false",
+                        help="no LoRA inputs, weight maps or <pipeline>_lora model (LoRA needs the python backend)")
     export.add_argument("--max-size", type=int, help="largest width/height served (default: 2x the native size)")
     export.add_argument("--default-steps", type=int, help="default steps (default: the pipeline's own)")
     export.add_argument("--default-scheduler",

@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from dgate.core.lora.adapter_file import read_adapter
+from dgate.core.lora.adapter_file import AdapterFile, lora_components, read_adapter
 from dgate.core.lora.deltas import LRUCache, layer_deltas
 from dgate.core.lora.request import adapters_dir, decode_adapters
-from dgate.core.lora.serving import AdapterFile, lora_components
 from dgate.core.lora.weight_map import LoraMap
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.tensors import LORA_INPUT

@@ -65,18 +65,27 @@ def test_external_data_models_keep_their_weights_beside_the_graph(model_reposito
     assert not (model_repository / "tiny-sd_unet" / "1" / EXTERNAL_DATA_FILE).exists()
 
 
-def test_ensemble_wires_the_component_tensors(specs: dict[str, PipelineSpec]) -> None:
+@pytest.mark.parametrize("lora", [True, False])
+def test_ensemble_wires_the_component_tensors(specs: dict[str, PipelineSpec], lora: bool) -> None:
+    options = ServingOptions(lora=lora)
     for spec in specs.values():
-        config = _parse(render(ensemble_config(spec)))
+        config = _parse(render(ensemble_config(spec, options)))
         steps = {step.model_name.removeprefix(f"{spec.name}_"): step for step in config.ensemble_scheduling.step}
         encoders = [e.component for e in spec.text_encoders]
         assert list(steps) == ["tokenize", *encoders, "denoiser", "vae_decoder", "postprocess"]
-        tokenize = _parse(render(tokenize_config(spec, ServingOptions())))
+        tokenize = _parse(render(tokenize_config(spec, options)))
         produced = {t.name for t in tokenize.output}
         for encoder in spec.text_encoders:
-            assert set(steps[encoder.component].input_map) == {t.name for t in encoder.inputs}
+            # Text encoders take the request's adapters per prompt row when LoRA is served.
+            lora_input = {"lora"} if lora else set()
+            assert set(steps[encoder.component].input_map) == {t.name for t in encoder.inputs} | lora_input
             assert {f"{encoder.component}_{t.name}" for t in encoder.inputs} <= produced
-        denoiser = _parse(render(denoiser_config(spec, ServingOptions())))
+            encoder_config = component_config(spec, encoder.component, options)
+            assert {t.name for t in encoder_config.input} == {t.name for t in encoder.inputs} | lora_input
+            assert ("lora_component" in encoder_config.parameters) == lora
+        assert ("lora_rows" in steps["tokenize"].output_map) == lora
+        denoiser = _parse(render(denoiser_config(spec, options)))
+        assert denoiser.parameters["lora"].string_value == str(lora).lower()
         assert set(steps["denoiser"].input_map) == {t.name for t in denoiser.input}
         ensemble_tensors = {t.name for t in config.input} | {
             value for step in steps.values() for value in step.output_map.values()}

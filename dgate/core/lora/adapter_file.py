@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from dgate.core.lora.request import ADAPTER_SUFFIX, LoraError
+from dgate.core.lora.request import ADAPTER_SUFFIX, LoraError, resolve_adapter
+from dgate.core.pipeline_spec import PipelineSpec
 
 LORA_DOWN, LORA_UP = ".lora_A.weight", ".lora_B.weight"
 TEXT_MODEL_PREFIX = "text_model."
@@ -156,3 +157,23 @@ def read_adapter(path: Path, pipeline_class: str, components: Sequence[str], den
     if not layers:
         raise LoraError(f"{file.name} holds no LoRA layers")
     return layers
+
+
+def lora_components(spec: PipelineSpec) -> tuple[str, ...]:
+    """The components an adapter may change: every text encoder and the denoiser."""
+    return (*(e.component for e in spec.text_encoders), spec.denoiser_component)
+
+
+@dataclass(frozen=True)
+class AdapterFile:
+    """An adapter file as found on disk; a rewritten file is a new key (its cache entry goes stale)."""
+
+    path: Path
+    mtime_ns: int
+    size: int
+
+    @classmethod
+    def find(cls, directory: Path, relative: str) -> AdapterFile:
+        path = resolve_adapter(directory, relative)
+        stat = path.stat()
+        return cls(path, stat.st_mtime_ns, stat.st_size)

@@ -10,39 +10,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from dgate.core.lora.adapter_file import read_adapter
+from dgate.core.lora.adapter_file import AdapterFile, lora_components, read_adapter
 from dgate.core.lora.deltas import Deltas, LRUCache, layer_deltas
 from dgate.core.lora.refit import WeightRefitter
-from dgate.core.lora.request import AdapterRef, adapters_dir, decode_adapters, resolve_adapter
+from dgate.core.lora.request import AdapterRef, adapters_dir, decode_adapters
 from dgate.core.lora.weight_map import LoraMap
 from dgate.core.onnx_session import RefittableSession, create_refittable_session
 from dgate.core.pipeline_spec import PipelineSpec
 
 CACHE_ENV = "DGATE_LORA_CACHE"
 DEFAULT_CACHE = 8  # adapters whose deltas stay in memory per component instance
-
-
-def lora_components(spec: PipelineSpec) -> tuple[str, ...]:
-    """The components an adapter may change: every text encoder and the denoiser."""
-    return (*(e.component for e in spec.text_encoders), spec.denoiser_component)
-
-
-@dataclass(frozen=True)
-class AdapterFile:
-    """An adapter file as found on disk; a rewritten file is a new key (its cache entry goes stale)."""
-
-    path: Path
-    mtime_ns: int
-    size: int
-
-    @classmethod
-    def find(cls, directory: Path, relative: str) -> AdapterFile:
-        path = resolve_adapter(directory, relative)
-        stat = path.stat()
-        return cls(path, stat.st_mtime_ns, stat.st_size)
 
 
 def read_component_deltas(spec: PipelineSpec, component: str, lora_map: LoraMap, file: AdapterFile) -> Deltas:
