@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-queue-delay-us", type=int, default=100)
     export.add_argument("--onnx-threads", type=int, default=0)
     export.add_argument("--no-lora", dest="lora", action="store_false",
-                        help="no LoRA inputs, weight maps or <pipeline>_lora model (LoRA needs the python backend)")
+                        help="no LoRA inputs, weight maps or dgate_lora model (LoRA needs the python backend)")
     export.add_argument("--max-size", type=int, help="largest width/height served (default: 2x the native size)")
     export.add_argument("--default-steps", type=int, help="default steps (default: the pipeline's own)")
     export.add_argument("--default-scheduler",

@@ -149,11 +149,8 @@ def export_pipeline(
         write_model(repository, postprocess_config(spec, options), {
             "model.py": model_shim("postprocess_model", f"{spec.name} postprocess"),
         })
-        if options.serves_lora:
-            write_model(repository, lora_config(spec, options), {
-                PIPELINE_FILE: spec_json,
-                "model.py": model_shim("lora_model", f"{spec.name} adapter checks"),
-            } | {f"lora_maps/{component}.json": text for component, text in lora_maps.items()})
+        if options.serves_lora:  # the same model for every pipeline: rewriting it is harmless
+            write_model(repository, lora_config(options), {"model.py": model_shim("lora_model", "adapter checks")})
         write_model(repository, ensemble_config(spec, options), {})
     logger.info("exported %s to %s", spec.name, repository)
     return ExportReport(spec=spec, checks=tuple(checks))

@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
-from dgate.core.tensors import ENSEMBLE_OUTPUT, LORA_INPUT, PIPELINE_MARKER_PARAMETER, infer_inputs
+from dgate.core.tensors import ENSEMBLE_OUTPUT, LORA_CHECK_MODEL, LORA_INPUT, PIPELINE_MARKER_PARAMETER, infer_inputs
 from dgate.frontend.schemas import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -203,16 +203,20 @@ class TritonImageEngine:
 
     async def check_adapters(self, name: str, lora: str) -> dict:
         await self.pipeline_limits(name)  # ModelNotFound for a name that is not a pipeline
-        request = grpcclient.InferInput(LORA_INPUT, [1], "BYTES")
-        request.set_data_from_numpy(np.array([lora.encode()], dtype=np.object_))
+        inputs = []
+        for input_name, value in (("pipeline", name), (LORA_INPUT, lora)):
+            tensor = grpcclient.InferInput(input_name, [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([value.encode()], dtype=np.object_))
+            inputs.append(tensor)
         try:
-            result = await self.client.infer(f"{name}_lora", [request], client_timeout=self._request_timeout_s)
+            result = await self.client.infer(LORA_CHECK_MODEL, inputs, client_timeout=self._request_timeout_s)
         except InferenceServerException as exc:
-            error = _map_error(exc)
-            if isinstance(error, EngineError) and "unknown model" in error.message or "is not found" in exc.message():
+            error, message = _map_error(exc), exc.message() or ""
+            if "is not found" in message or "unknown model" in message:  # no dgate_lora: exported --no-lora
                 raise InvalidRequestError(f"{name} is served without LoRA support", "model") from exc
             if isinstance(error, InvalidRequestError):
-                raise InvalidRequestError(error.message, "lora_path") from exc
+                param = "model" if "without LoRA support" in error.message else "lora_path"
+                raise InvalidRequestError(error.message, param) from exc
             raise error from exc
         return json.loads(result.as_numpy("report")[0])
 

@@ -23,7 +23,7 @@ from dgate.core.families.base import TextOutputs
 from dgate.core.params import DenoiseParams
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.schedulers import SchedulerFactory
-from dgate.core.tensors import LORA_INPUT
+from dgate.core.tensors import LORA_CHECK_MODEL, LORA_INPUT
 from dgate.model_repository.triton_io import ModelArgs, error_response, input_array, input_scalar
 
 
@@ -56,8 +56,9 @@ class TritonPythonModel:
         """Every adapter against every component's weights, before the loop spends a step: BLS errors
         arrive without their code, so a misfit found by the UNet mid-loop would read as a 500."""
         check = pb_utils.InferenceRequest(
-            model_name=f"{self.spec.name}_lora", requested_output_names=["report"],
-            inputs=[pb_utils.Tensor(LORA_INPUT, np.array([lora.encode()], dtype=np.object_))])
+            model_name=LORA_CHECK_MODEL, requested_output_names=["report"],
+            inputs=[pb_utils.Tensor("pipeline", np.array([self.spec.name.encode()], dtype=np.object_)),
+                    pb_utils.Tensor(LORA_INPUT, np.array([lora.encode()], dtype=np.object_))])
         response = check.exec()
         if response.has_error():  # the check model raises only for adapters that do not fit
             raise InvalidRequestError(response.error().message(), "lora")

@@ -1,54 +1,80 @@
-"""`<pipeline>_lora`: the control path of the LoRA API. Checks adapters against the pipeline's weights.
+"""`dgate_lora`: the control path of the LoRA API. Checks a pipeline's adapters against its weights.
 
-The frontend asks it before it activates or lists an adapter (`set_lora`, `/v1/loras/load`): each
-adapter is read with the same code the components use and its every layer is matched, shape and
-all, against each component's LoraMap. It answers a report or an INVALID_ARG error; it holds no
-weights, so a bad file can never reach a served model through it.
+One model per repository. The frontend asks it before it activates or lists an adapter (`set_lora`,
+`/v1/loras/load`) and each denoiser before its loop: every adapter is read with the same code the
+components use and its every layer is matched, shape and all, against the LoraMap export wrote
+beside each component. It answers a report or an INVALID_ARG error; it holds no weights, so a bad
+file can never reach a served model through it.
 """
 
 from __future__ import annotations
 
 import json
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from dgate.core.errors import InvalidRequestError
 from dgate.core.lora.adapter_file import AdapterFile, lora_components, read_adapter
 from dgate.core.lora.deltas import LRUCache, layer_deltas
 from dgate.core.lora.request import adapters_dir, decode_adapters
-from dgate.core.lora.weight_map import LoraMap
+from dgate.core.lora.weight_map import LORA_MAP_FILE, LoraMap
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.tensors import LORA_INPUT
 from dgate.model_repository.triton_io import ModelArgs, error_response, input_scalar
 
 
-class TritonPythonModel:
-    def initialize(self, args: dict[str, str]) -> None:
-        model = ModelArgs(args)
-        self.spec = PipelineSpec.load(model.version_dir / "pipeline.json")
-        self.maps = {path.stem: LoraMap.load(path) for path in (model.version_dir / "lora_maps").glob("*.json")}
-        self.reports: LRUCache[AdapterFile, dict[str, Any]] = LRUCache(64)
+class PipelineWeights:
+    """A served pipeline's spec and the LoraMap of each component that takes adapters."""
 
-    def _check(self, file: AdapterFile) -> dict[str, Any]:
+    def __init__(self, repository: Path, pipeline: str) -> None:
+        spec_file = repository / f"{pipeline}_denoiser" / "1" / "pipeline.json"
+        if not spec_file.is_file():
+            raise InvalidRequestError(f"no pipeline {pipeline!r} in this repository", "model")
+        self.spec = PipelineSpec.load(spec_file)
+        self.maps = {component: LoraMap.load(path) for component in lora_components(self.spec)
+                     if (path := repository / f"{pipeline}_{component}" / "1" / LORA_MAP_FILE).is_file()}
+        if not self.maps:
+            raise InvalidRequestError(f"{pipeline} is served without LoRA support (exported with --no-lora)",
+                                      "model")
+
+    def check(self, file: AdapterFile) -> dict[str, Any]:
         layers = read_adapter(file.path, self.spec.pipeline_class, lora_components(self.spec),
                               self.spec.denoiser_component)
         components = {}
         for component, found in layers.items():
             layer_deltas(component, found, self.maps[component])  # raises on a layer or shape mismatch
-            ranks = sorted({layer.down.shape[0] for layer in found.values()})
-            components[component] = {"layers": len(found), "ranks": ranks}
+            components[component] = {"layers": len(found),
+                                      "ranks": sorted({layer.down.shape[0] for layer in found.values()})}
         return {"components": components}
 
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        self.repository = ModelArgs(args).version_dir.parent.parent
+        self.pipelines: dict[tuple[str, int], PipelineWeights] = {}
+        self.reports: LRUCache[tuple[str, AdapterFile], dict[str, Any]] = LRUCache(64)
+
+    def _pipeline(self, name: str) -> PipelineWeights:
+        spec_file = self.repository / f"{name}_denoiser" / "1" / "pipeline.json"
+        key = (name, spec_file.stat().st_mtime_ns if spec_file.exists() else 0)  # a re-export is a new key
+        if key not in self.pipelines:
+            self.pipelines[key] = PipelineWeights(self.repository, name)
+        return self.pipelines[key]
+
     def _report(self, request: Any) -> str:
+        name = str(input_scalar(request, "pipeline"))
+        pipeline = self._pipeline(name)
         directory = adapters_dir()
         adapters = []
         for ref in decode_adapters(str(input_scalar(request, LORA_INPUT))):
             file = AdapterFile.find(directory, ref.path)
-            report = self.reports.get_or_load(file, partial(self._check, file))
+            report = self.reports.get_or_load((name, file), partial(pipeline.check, file))
             adapters.append({"path": ref.path, "bytes": file.size} | report)
-        return json.dumps({"pipeline": self.spec.name, "adapters": adapters})
+        return json.dumps({"pipeline": name, "adapters": adapters})
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []

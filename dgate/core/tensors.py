@@ -89,6 +89,8 @@ TEXT_INPUTS = ("prompt", "negative_prompt", "max_sequence_length", "lora")
 # The per-row adapters input of the components that take LoRA (text encoders, the denoiser).
 LORA_INPUT = "lora"
 LORA_ROWS = TensorSpec(LORA_INPUT, "TYPE_STRING", (1,))
+# The repository's one adapter-check model (the LoRA API's control path): (pipeline, lora) -> report.
+LORA_CHECK_MODEL = "dgate_lora"
 
 # Ensemble config parameter that marks a model as a D-Gate pipeline (what /v1/models lists).
 PIPELINE_MARKER_PARAMETER = "dgate_pipeline"

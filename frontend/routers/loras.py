@@ -1,7 +1,7 @@
 """The LoRA API: seed 004's `set_lora` / `merge_lora_weights` / `unmerge_lora_weights` /
 `list_loras`, seed 002's `/v1/loras/load|unload|list`, and `DELETE /v1/loras/{name}`.
 
-Control path: every adapter is checked by the pipeline's `<pipeline>_lora` Triton model (the same
+Control path: every adapter is checked by the repository's `dgate_lora` Triton model (the same
 reading and layer matching the components use) before the registry changes, so a bad file is a
 400 and the active adapters stay as they were. Weights change in Triton per request, by refit.
 """
