@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import external_data_helper, numpy_helper
 
 
 def session_options(threads: int = 0) -> ort.SessionOptions:
@@ -37,6 +35,11 @@ class RefittableSession:
 
 def load_initializers(path: Path, names: set[str]) -> dict[str, np.ndarray]:
     """Writable copies of the named initializers, reading only those from an external-data file."""
+    # onnx is imported here, not at the top: every component process imports this module, and the
+    # package costs each one memory although only LoRA's first use needs it.
+    import onnx
+    from onnx import external_data_helper, numpy_helper
+
     model = onnx.load(str(path), load_external_data=False)
     arrays = {}
     for tensor in model.graph.initializer:
@@ -70,5 +73,8 @@ def create_refittable_session(path: Path, names: set[str], threads: int = 0) -> 
 
 def load_all_initializers(path: Path) -> dict[str, np.ndarray]:
     """Every initializer of the model at `path` (with its external data), by name."""
+    import onnx
+    from onnx import numpy_helper
+
     model = onnx.load(str(path))
     return {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
