@@ -10,6 +10,7 @@ and shapes are what a trained adapter of that pipeline has. Two layouts:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ import torch
 DENOISER_TARGETS = {"unet": ["to_q", "to_k", "to_v", "to_out.0", "proj_in"],
                     "transformer": ["to_q", "to_k", "to_v", "to_out.0"]}
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-KOHYA_TEXT_PREFIXES = {"text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
+
 
 
 def _adapter_layers(module: Any, targets: Sequence[str], rank: int, alpha: int, seed: int, magnitude: float
@@ -31,10 +32,7 @@ def _adapter_layers(module: Any, targets: Sequence[str], rank: int, alpha: int, 
 
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False)
     torch.manual_seed(seed)
-    # On a throwaway copy's structure only: inject into the module, read the factors, remove them.
-    import copy
-
-    model = inject_adapter_in_model(config, copy.deepcopy(module))
+    model = inject_adapter_in_model(config, copy.deepcopy(module))  # the pipeline's module stays clean
     state = {k: v.detach().clone() * magnitude for k, v in get_peft_model_state_dict(model).items()}
     return state, config.to_dict()
 
@@ -48,9 +46,13 @@ def random_lora(model_dir: Path, out: Path, *, seed: int = 0, rank: int = 4, alp
 
     pipe = DiffusionPipeline.from_pretrained(str(model_dir))
     denoiser = "unet" if hasattr(pipe, "unet") else "transformer"
-    components = [denoiser] + (["text_encoder"] + (["text_encoder_2"] if getattr(pipe, "text_encoder_2", None)
-                                                    is not None and "clip" in type(pipe.text_encoder_2).__name__.lower()
-                                                    else []) if text_encoder else [])
+    # The CLIP text encoders (T5s are left alone: adapters rarely train them).
+    clips = [name for name in ("text_encoder", "text_encoder_2")
+             if "clip" in type(getattr(pipe, name, None)).__name__.lower()]
+    components = [denoiser, *(clips if text_encoder else [])]
+    # sd-scripts: lora_te for SD's one CLIP, lora_te1 / lora_te2 for SDXL's two.
+    kohya_prefixes = {"unet": "lora_unet"} | (
+        {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"} if len(clips) == 2 else {"text_encoder": "lora_te"})
     tensors: dict[str, torch.Tensor] = {}
     metadata: dict[str, Any] = {}
     for index, component in enumerate(components):
@@ -60,9 +62,7 @@ def random_lora(model_dir: Path, out: Path, *, seed: int = 0, rank: int = 4, alp
             tensors |= {f"{component}.{k}": v.contiguous() for k, v in state.items()}
             metadata |= {f"{component}.{k}": v for k, v in config.items()}
         elif layout == "kohya" and denoiser == "unet":
-            prefix = "lora_unet" if component == "unet" else KOHYA_TEXT_PREFIXES[component]
-            if component.startswith("text_encoder") and hasattr(pipe, "text_encoder_2") and component == "text_encoder":
-                prefix = "lora_te1"  # SDXL names its two CLIPs te1/te2
+            prefix = kohya_prefixes[component]
             for key, value in state.items():
                 layer, kind = key.rsplit(".lora_", 1)
                 name = f"{prefix}_" + layer.replace(".", "_")

@@ -11,11 +11,13 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from dgate.core.pipeline_spec import PIPELINE_FILE
 from dgate.export.triton_config import render
+
+__all__ = ["PIPELINE_FILE", "SCHEDULER_FILE", "model_shim", "write_model"]
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_FILE = "pipeline.json"
 SCHEDULER_FILE = "scheduler_config.json"
 
 # Triton Python models are one-line shims onto the installed package, so the code that runs in

@@ -22,12 +22,11 @@ import triton_python_backend_utils as pb_utils
 from dgate.core.lora.serving import ComponentAdapters
 from dgate.core.lora.weight_map import LORA_MAP_FILE, LoraMap
 from dgate.core.onnx_session import create_session
-from dgate.core.pipeline_spec import PipelineSpec
+from dgate.core.pipeline_spec import PIPELINE_FILE, PipelineSpec
 from dgate.core.tensors import LORA_INPUT
 from dgate.model_repository.triton_io import ModelArgs, error_response, input_array
 
 logger = logging.getLogger(__name__)
-PIPELINE_FILE = "pipeline.json"
 
 
 class TritonPythonModel:

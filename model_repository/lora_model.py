@@ -22,7 +22,7 @@ from dgate.core.lora.adapter_file import AdapterFile, lora_components, read_adap
 from dgate.core.lora.deltas import LRUCache, layer_deltas
 from dgate.core.lora.request import adapters_dir, decode_adapters
 from dgate.core.lora.weight_map import LORA_MAP_FILE, LoraMap
-from dgate.core.pipeline_spec import PipelineSpec
+from dgate.core.pipeline_spec import PIPELINE_FILE, PipelineSpec
 from dgate.core.tensors import LORA_INPUT
 from dgate.model_repository.triton_io import ModelArgs, error_response, input_scalar
 
@@ -31,7 +31,7 @@ class PipelineWeights:
     """A served pipeline's spec and the LoraMap of each component that takes adapters."""
 
     def __init__(self, repository: Path, pipeline: str) -> None:
-        spec_file = repository / f"{pipeline}_denoiser" / "1" / "pipeline.json"
+        spec_file = repository / f"{pipeline}_denoiser" / "1" / PIPELINE_FILE
         if not spec_file.is_file():
             raise InvalidRequestError(f"no pipeline {pipeline!r} in this repository", "model")
         self.spec = PipelineSpec.load(spec_file)
@@ -59,7 +59,7 @@ class TritonPythonModel:
         self.reports: LRUCache[tuple[str, AdapterFile], dict[str, Any]] = LRUCache(64)
 
     def _pipeline(self, name: str) -> PipelineWeights:
-        spec_file = self.repository / f"{name}_denoiser" / "1" / "pipeline.json"
+        spec_file = self.repository / f"{name}_denoiser" / "1" / PIPELINE_FILE
         key = (name, spec_file.stat().st_mtime_ns if spec_file.exists() else 0)  # a re-export is a new key
         if key not in self.pipelines:
             self.pipelines[key] = PipelineWeights(self.repository, name)

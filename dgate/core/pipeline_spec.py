@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 # as a list, per-component precisions, family facts. A reader loads every version up to its own.
 FORMAT_VERSION = 2
 
+# The spec's file name beside the Triton models that read it.
+PIPELINE_FILE = "pipeline.json"
+
 
 @dataclass(frozen=True)
 class TextEncoderSpec:

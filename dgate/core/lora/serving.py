@@ -74,7 +74,3 @@ class ComponentAdapters:
         assert self._refitter is not None
         self._refitter.apply(key, adapters)
         return session.session
-
-    @property
-    def current(self) -> tuple:
-        return self._refitter.current if self._refitter else ()  # type: ignore[return-value]
