@@ -35,6 +35,7 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from dgate.core.errors import ExportError
     from dgate.export.pipeline_export import export_pipeline
     from dgate.export.triton_config import ServingOptions
 
@@ -45,12 +46,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     if args.name and len(args.name) != len(args.model):
         raise SystemExit("--name must be given once per --model")
+    if args.quantized and len(args.quantized) != len(args.model):
+        raise SystemExit("--quantized must be given once per --model ('-' for a model served unquantized)")
+    quantized = [None if q is None or str(q) == "-" else q for q in (args.quantized or [None] * len(args.model))]
     for index, model in enumerate(args.model):
-        report = export_pipeline(
-            model, args.out, name=args.name[index] if args.name else None, precision=args.precision,
-            options=options, max_size=args.max_size, default_steps=args.default_steps,
-            default_scheduler=args.default_scheduler,
-        )
+        try:
+            report = export_pipeline(
+                model, args.out, name=args.name[index] if args.name else None, precision=args.precision,
+                options=options, max_size=args.max_size, default_steps=args.default_steps,
+                default_scheduler=args.default_scheduler, quantized=quantized[index],
+            )
+        except ExportError as error:
+            print(f"dgate export: {model}: {error}", file=sys.stderr)
+            return 2
         for check in report.checks:
             print(f"{report.spec.name:>16} {check.component:<14} {check.precision}: max abs error "
                   f"{check.max_abs_error:.2e} (output scale {check.reference_scale:.2f}, "
@@ -137,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", action="append", help="served pipeline name (default: the model's folder name)")
     export.add_argument("--out", type=Path, default=Path("build/model_repository"))
     export.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    export.add_argument("--quantized", type=Path, action="append",
+                        help="the `dgate calibrate --out` folder of a --model (once per --model, in order; "
+                             "'-' for none): its INT8/FP8 denoiser is served")
     export.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
                         help="component engine; tensorrt builds refittable FP16 engines (GPU)")
     export.add_argument("--triton-backend", choices=("python", "native"), default="python",
@@ -197,9 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=int, default=64)
     bench.set_defaults(func=cmd_bench)
 
-    from dgate.finetune.cli import add_finetune_parser  # argparse only: torch loads when a command runs
+    # argparse only: torch loads when a command runs
+    from dgate.calibration.cli import add_calibrate_parser
+    from dgate.finetune.cli import add_finetune_parser
 
     add_finetune_parser(sub)
+    add_calibrate_parser(sub)
     return parser
 
 

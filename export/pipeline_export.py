@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from dgate.export.onnx_export import (
     sample_inputs,
     verify_onnx,
 )
+from dgate.export.quantized import load_quantization, quantized_files, verify_quantized
 from dgate.export.repository import PIPELINE_FILE, SCHEDULER_FILE, model_shim, write_model
 from dgate.export.tensorrt_build import build_engine, profile_shapes
 from dgate.export.triton_config import (
@@ -56,6 +57,24 @@ def load_pipeline(model: str) -> Any:  # a DiffusionPipeline; its annotations mi
     return DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
 
 
+def trace_inputs(spec: PipelineSpec, component: str) -> dict[str, torch.Tensor]:
+    """Trace off the native size: DiTs then compute their position embedding from the input size
+    instead of baking in the stored table, so the graph stays valid at every size."""
+    limits = spec.limits
+    return sample_inputs(spec, component, 2, limits.default_height, limits.default_width + limits.size_multiple,
+                         seed=0)
+
+
+def check_inputs(spec: PipelineSpec, component: str) -> list[dict[str, torch.Tensor]]:
+    """Other batch sizes, the native and a non-square size, and a shorter T5 prompt: the dynamic axes."""
+    limits = spec.limits
+    return [
+        sample_inputs(spec, component, 3, limits.default_height, limits.default_width, seed=1),
+        sample_inputs(spec, component, 1, limits.default_height + 2 * limits.size_multiple, limits.default_width,
+                      seed=2, t5_length=max(1, limits.default_max_sequence_length // 2)),
+    ]
+
+
 def pipeline_name(model: str) -> str:
     return Path(model.rstrip("/")).name
 
@@ -71,9 +90,15 @@ def export_pipeline(
     default_steps: int | None = None,
     default_scheduler: str | None = None,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    quantized: Path | None = None,
 ) -> ExportReport:
-    """Export every component of `model`, check each against PyTorch, and write its Triton models."""
+    """Export every component of `model`, check each against PyTorch, and write its Triton models.
+
+    `quantized`: the output folder of `dgate calibrate` for this model; its denoiser is served instead.
+    """
     options = options or ServingOptions()
+    # Refit cannot reach quantized weights: the pipeline serves no LoRA (dgate_lora still answers for it).
+    repository_options, options = options, replace(options, lora=False) if quantized else options
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be fp32 or fp16, got {precision!r}")
     if options.engine == "tensorrt" and options.triton_backend != "native":
@@ -85,8 +110,12 @@ def export_pipeline(
                                   precision=precision, default_scheduler=default_scheduler)
     except ValueError as error:
         raise ExportError(str(error)) from error
-    limits = spec.limits
-    t5_length = limits.default_max_sequence_length
+    quantization = None
+    if quantized is not None:
+        quantization = load_quantization(quantized, pipe, spec.denoiser_component, options.engine)
+        spec = replace(spec, quantization=quantization,
+                       limits=replace(spec.limits, precision=quantization.precision),
+                       precisions=spec.precisions | {spec.denoiser_component: quantization.precision})
     checks = []
     lora_maps: dict[str, str] = {}  # component -> its LoraMap as JSON text
     repository.mkdir(parents=True, exist_ok=True)
@@ -96,20 +125,14 @@ def export_pipeline(
         for component in progress:
             progress.set_postfix_str(component)
             module = component_module(pipe, spec, component)
-            # Trace off the native size: DiTs then compute their position embedding from the input
-            # size instead of baking in the stored table, so the graph stays valid at every size.
-            trace_inputs = sample_inputs(spec, component, 2, limits.default_height,
-                                         limits.default_width + limits.size_multiple, seed=0)
-            files = export_onnx(module, spec, component, trace_inputs, scratch / component / "fp32",
-                                external_data_threshold)
-            # Check at other batch sizes, at the native and a non-square size, and at a shorter T5
-            # prompt: the dynamic axes.
-            checks_inputs = [
-                sample_inputs(spec, component, 3, limits.default_height, limits.default_width, seed=1),
-                sample_inputs(spec, component, 1, limits.default_height + 2 * limits.size_multiple,
-                              limits.default_width, seed=2, t5_length=max(1, t5_length // 2)),
-            ]
-            checks.append(verify_onnx(module, files[MODEL_FILE], component, "fp32", checks_inputs))
+            checks_inputs = check_inputs(spec, component)
+            if component == spec.denoiser_component and quantized is not None and quantization is not None:
+                files = quantized_files(quantized, component)
+                checks.append(verify_quantized(module, files[MODEL_FILE], component, quantization, checks_inputs))
+            else:
+                files = export_onnx(module, spec, component, trace_inputs(spec, component),
+                                    scratch / component / "fp32", external_data_threshold)
+                checks.append(verify_onnx(module, files[MODEL_FILE], component, "fp32", checks_inputs))
             if takes_lora(spec, component, options):
                 # Matched on the FP32 graph, by value; FP16 conversion keeps initializer names.
                 lora_map = build_lora_map(getattr(pipe, component), load_all_initializers(files[MODEL_FILE]))
@@ -123,7 +146,7 @@ def export_pipeline(
                 config = component_config(spec, component, options)
                 shapes = profile_shapes(spec, component, config.max_batch_size)
                 plan = build_engine(files[MODEL_FILE], scratch / component / "model.plan", shapes,
-                                    fp16=spec.precision(component) == "fp16")
+                                    precision=spec.precision(component))
                 component_files = {"model.plan": plan}
             if options.triton_backend == "python":
                 component_files["model.py"] = model_shim("component_model", f"{spec.name} {component}")
@@ -149,7 +172,7 @@ def export_pipeline(
         write_model(repository, postprocess_config(spec, options), {
             "model.py": model_shim("postprocess_model", f"{spec.name} postprocess"),
         })
-        if options.serves_lora:  # the same model for every pipeline: rewriting it is harmless
+        if repository_options.serves_lora:  # the same model for every pipeline: rewriting it is harmless
             write_model(repository, lora_config(options), {"model.py": model_shim("lora_model", "adapter checks")})
         write_model(repository, ensemble_config(spec, options), {})
     logger.info("exported %s to %s", spec.name, repository)

@@ -37,7 +37,15 @@ def profile_shapes(spec: PipelineSpec, component: str, max_batch_size: int
 
 
 def build_engine(onnx_path: Path, plan_path: Path, shapes: dict[str, tuple[Shape, Shape, Shape]],
-                 fp16: bool = True, workspace_bytes: int = 8 << 30) -> Path:
+                 precision: str = "fp16", workspace_bytes: int = 8 << 30) -> Path:
+    """A TensorRT engine; `precision` int8/fp8 take a Q/DQ ONNX from `dgate calibrate` (unproven here:
+    no GPU was available when this was written).
+
+    Quantized graphs are exported in FP32 with explicit Q/DQ, so they are built weakly typed with
+    FP16 plus INT8/FP8 allowed: TensorRT honours the Q/DQ placement and runs the rest in FP16.
+    (`--strongly-typed` applies to an FP16-typed Q/DQ graph, which this exporter does not write.)
+    Quantized engines are not refittable: their adapters are fused before calibration.
+    """
     try:
         import tensorrt as trt
     except ImportError as error:  # pragma: no cover - needs the tensorrt wheel and a GPU
@@ -52,9 +60,14 @@ def build_engine(onnx_path: Path, plan_path: Path, shapes: dict[str, tuple[Shape
         raise ExportError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    config.set_flag(trt.BuilderFlag.REFIT)  # LoRA is applied by refit (see the LoRA issue)
-    if fp16:
+    if precision in ("fp32", "fp16"):
+        config.set_flag(trt.BuilderFlag.REFIT)  # LoRA is applied by refit (see the LoRA issue)
+    if precision != "fp32":
         config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+    if precision == "fp8":
+        config.set_flag(trt.BuilderFlag.FP8)
     profile = builder.create_optimization_profile()
     for name, (minimum, optimum, maximum) in shapes.items():
         profile.set_shape(name, minimum, optimum, maximum)

@@ -214,6 +214,7 @@ class ModelObject(BaseModel):
     default_max_sequence_length: int | None = Field(None, description="T5 prompt tokens by default (0: no T5)")
     max_sequence_length: int | None = None
     true_cfg: bool | None = Field(None, description="accepts true_cfg_scale (Flux)")
+    precision: str | None = Field(None, description="the denoiser's precision: fp32, fp16, int8 or fp8")
 
     @classmethod
     def from_limits(cls, model_id: str, created: int, limits: GenerationLimits) -> ModelObject:
@@ -226,7 +227,7 @@ class ModelObject(BaseModel):
             max_guidance_scale=limits.max_guidance_scale,
             default_scheduler=limits.default_scheduler, schedulers=list(limits.schedulers),
             default_max_sequence_length=limits.default_max_sequence_length,
-            max_sequence_length=limits.max_sequence_length, true_cfg=limits.true_cfg,
+            max_sequence_length=limits.max_sequence_length, true_cfg=limits.true_cfg, precision=limits.precision,
         )
 
 

@@ -20,6 +20,7 @@ from dgate.core.denoise import denoise
 from dgate.core.errors import InvalidRequestError
 from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
+from dgate.core.lora.request import adapters_dir, decode_adapters
 from dgate.core.params import DenoiseParams
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.schedulers import SchedulerFactory
@@ -79,6 +80,9 @@ class TritonPythonModel:
             )
             self.spec.limits.validate(**vars(params))
             lora = str(input_scalar(request, LORA_INPUT))
+            if lora and self.spec.quantization is not None:
+                self.spec.quantization.check_adapters(self.spec.name, decode_adapters(lora), adapters_dir())
+                lora = ""  # the fused adapters: already in the quantized weights
             if lora and not self.takes_lora:
                 raise InvalidRequestError(f"{self.spec.name} is served without LoRA support "
                                           "(exported for a native backend or with --no-lora)", "lora")

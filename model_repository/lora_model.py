@@ -35,6 +35,9 @@ class PipelineWeights:
         if not spec_file.is_file():
             raise InvalidRequestError(f"no pipeline {pipeline!r} in this repository", "model")
         self.spec = PipelineSpec.load(spec_file)
+        if self.spec.quantization is not None:  # adapters are checked against the fused ones instead
+            self.maps = {}
+            return
         self.maps = {component: LoraMap.load(path) for component in lora_components(self.spec)
                      if (path := repository / f"{pipeline}_{component}" / "1" / LORA_MAP_FILE).is_file()}
         if not self.maps:
@@ -69,8 +72,12 @@ class TritonPythonModel:
         name = str(input_scalar(request, "pipeline"))
         pipeline = self._pipeline(name)
         directory = adapters_dir()
+        refs = decode_adapters(str(input_scalar(request, LORA_INPUT)))
+        if pipeline.spec.quantization is not None:
+            pipeline.spec.quantization.check_adapters(name, refs, directory)
+            return json.dumps({"pipeline": name, "adapters": [{"path": ref.path, "fused": True} for ref in refs]})
         adapters = []
-        for ref in decode_adapters(str(input_scalar(request, LORA_INPUT))):
+        for ref in refs:
             file = AdapterFile.find(directory, ref.path)
             report = self.reports.get_or_load((name, file), partial(pipeline.check, file))
             adapters.append({"path": ref.path, "bytes": file.size} | report)

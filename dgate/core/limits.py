@@ -7,7 +7,7 @@ reports them on `/v1/models`), so the two can never disagree.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 from dgate.core.errors import InvalidRequestError
@@ -47,6 +47,7 @@ class GenerationLimits:
     default_max_sequence_length: int  # T5 prompt tokens when the request gives 0; 0 = no T5 encoder
     max_sequence_length: int
     true_cfg: bool  # Flux: `true_cfg_scale` > 1 with a negative prompt runs classifier-free guidance
+    precision: str = "fp32"  # the denoiser's: fp32 | fp16 | int8 | fp8 (reported; absent before quantization)
 
     def to_parameters(self) -> dict[str, str]:
         return {key: ",".join(value) if isinstance(value, tuple) else str(value) for key, value in asdict(self).items()}
@@ -55,6 +56,8 @@ class GenerationLimits:
     def from_parameters(cls, parameters: dict[str, str]) -> GenerationLimits:
         values: dict[str, Any] = {}
         for field in fields(cls):
+            if field.name not in parameters and field.default is not MISSING:
+                continue
             if field.name not in parameters:
                 raise KeyError(f"pipeline parameter {field.name!r} is missing")
             raw = parameters[field.name]

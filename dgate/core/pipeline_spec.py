@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dgate.core.limits import DEFAULT_SCHEDULER, GenerationLimits
+from dgate.core.quantization import Quantization
 from dgate.core.tensors import TEXT_LENGTH, TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -73,10 +74,11 @@ class PipelineSpec:
     vae_shift_factor: float | None
     text_encoders: tuple[TextEncoderSpec, ...]
     limits: GenerationLimits
-    precisions: dict[str, str] = field(default_factory=dict)  # component -> "fp32" | "fp16" (export)
+    precisions: dict[str, str] = field(default_factory=dict)  # component -> "fp32" | "fp16" | "int8" | "fp8"
     force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is zero embeddings
     guidance_embeds: bool = False  # Flux "dev": guidance_scale is a model input, not CFG
     patch_size: int = 1
+    quantization: Quantization | None = None  # the denoiser's, when served from `dgate calibrate`
     format_version: int = FORMAT_VERSION
 
     @property
@@ -116,6 +118,8 @@ class PipelineSpec:
         limits: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data["limits"].items()}
         data["limits"] = GenerationLimits(**limits)
         data["text_encoders"] = tuple(TextEncoderSpec(**encoder) for encoder in data["text_encoders"])
+        if data.get("quantization"):
+            data["quantization"] = Quantization.from_dict(data["quantization"])
         return cls(**data)
 
     @classmethod

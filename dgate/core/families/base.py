@@ -157,6 +157,7 @@ class Family:
             # Longer than the default is allowed (SD3: 256 by default), up to what the pipelines accept.
             max_sequence_length=max(t5_length, MAX_T5_TOKENS) if t5_length else 0,
             true_cfg=self.true_cfg,
+            precision=self.component_precision(pipe, self.denoiser_component, precision),
         )
         components = (*(e.component for e in encoders), self.denoiser_component, "vae_decoder", "vae_encoder")
         return PipelineSpec(

@@ -1,0 +1,87 @@
+"""`dgate export --quantized DIR`: serve the denoiser that `dgate calibrate` wrote in DIR.
+
+The other components come from the base model as usual; the pipeline's spec records the
+quantization (precision, excluded layers, fused adapters), and the pipeline serves no LoRA by refit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dgate.core.errors import ExportError
+from dgate.core.onnx_session import create_session
+from dgate.core.quantization import MANIFEST_FILE, Quantization
+from dgate.export.onnx_export import EXTERNAL_DATA_FILE, MODEL_FILE, VerifyResult
+
+logger = logging.getLogger(__name__)
+# Max abs error of the quantized denoiser against the FP32 PyTorch one on random inputs, relative to
+# the output's magnitude: a sanity bound that catches a broken graph (a wrong scale, a lost layer),
+# not a quality claim (`dgate eval` measures quality).
+QUANTIZED_TOLERANCE = 0.25
+
+
+def config_digest(module: Any) -> str:
+    """sha256 of a diffusers model's config: the same model architecture and settings, or not."""
+    config = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_quantization(directory: Path, pipe: Any, denoiser_component: str, engine: str) -> Quantization:
+    """The manifest in `directory`, checked against the base pipeline and the engine."""
+    manifest = Path(directory) / MANIFEST_FILE
+    if not manifest.is_file():
+        raise ExportError(f"{directory} holds no {MANIFEST_FILE}: pass the --out folder of `dgate calibrate`")
+    quantization = Quantization.load(manifest)
+    if quantization.component != denoiser_component:
+        raise ExportError(f"{directory} quantizes {quantization.component!r}, but this pipeline's denoiser is "
+                          f"{denoiser_component!r}")
+    if config_digest(getattr(pipe, denoiser_component)) != quantization.source_config_sha256:
+        raise ExportError(f"{directory} was calibrated from a different {denoiser_component} (its config differs "
+                          "from this --model's): export it with the model it was calibrated from")
+    if quantization.needs_tensorrt and engine != "tensorrt":
+        raise ExportError(f"{quantization.precision.upper()} needs TensorRT: modelopt's FP8 Q/DQ are TensorRT "
+                          "operators that ONNX Runtime cannot run. Build engines on an NVIDIA GPU with "
+                          "--backend tensorrt --triton-backend native, or calibrate with --precision int8 "
+                          "for the CPU")
+    return quantization
+
+
+def quantized_files(directory: Path, component: str) -> dict[str, Path]:
+    folder = Path(directory) / component
+    files = {name: folder / name for name in (MODEL_FILE, EXTERNAL_DATA_FILE) if (folder / name).is_file()}
+    if MODEL_FILE not in files:
+        raise ExportError(f"{folder / MODEL_FILE} is missing: `dgate calibrate` did not finish")
+    return files
+
+
+def verify_quantized(module: nn.Module, path: Path, component: str, quantization: Quantization,
+                     input_sets: list[dict[str, torch.Tensor]]) -> VerifyResult:
+    """The quantized graph runs at every checked shape and stays near the FP32 PyTorch model."""
+    if quantization.needs_tensorrt:  # ONNX Runtime cannot run it; TensorRT's parser checks it
+        return VerifyResult(component, quantization.precision, float("nan"), float("nan"), QUANTIZED_TOLERANCE)
+    session = create_session(path)
+    error = scale = 0.0
+    for inputs in input_sets:
+        with torch.inference_mode():
+            reference = module(*inputs.values())
+        reference = (reference[0] if isinstance(reference, tuple | list) else reference).float().numpy()
+        actual = session.run(None, {name: t.numpy() for name, t in inputs.items()})[0]
+        if actual.shape != reference.shape:
+            raise ExportError(f"{component} ({quantization.precision}): output shape {actual.shape} != "
+                              f"{reference.shape}")
+        error = max(error, float(np.max(np.abs(actual - reference))))
+        scale = max(scale, float(np.max(np.abs(reference))))
+    result = VerifyResult(component, quantization.precision, error, scale, QUANTIZED_TOLERANCE)
+    if not result.ok:
+        raise ExportError(f"{component} ({quantization.precision}) differs from the FP32 model by {error:.3g} "
+                          f"(sanity bound {QUANTIZED_TOLERANCE} x max(1, {scale:.3g})): a broken calibration")
+    return result
+
