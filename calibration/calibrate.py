@@ -43,11 +43,15 @@ class CalibrationResult:
     onnx_bytes: int
 
 
-def fuse_adapters(pipe: Any, adapters: tuple[tuple[Path, float], ...]) -> tuple[FusedAdapter, ...]:
-    """Merge each adapter into the weights with diffusers' own loader, as a served refit would apply it."""
+def fuse_adapters(pipe: Any, adapters: tuple[tuple[Path, float], ...]) -> tuple[tuple[FusedAdapter, ...], set[str]]:
+    """Merge each adapter into the weights with diffusers' own loader, as a served refit would apply it.
+
+    Returns the adapters and the components they changed (the text encoders among them are exported
+    with the quantized denoiser, since the base model's no longer match).
+    """
     if adapters and not hasattr(pipe, "load_lora_weights"):
         raise ExportError(f"{type(pipe).__name__} has no diffusers LoRA loader: --fuse-lora is not available")
-    fused = []
+    fused, changed = [], set()
     for index, (path, scale) in enumerate(adapters):
         if not path.exists():
             raise ExportError(f"--fuse-lora: no adapter at {path}")
@@ -56,10 +60,11 @@ def fuse_adapters(pipe: Any, adapters: tuple[tuple[Path, float], ...]) -> tuple[
             pipe.load_lora_weights(str(path), adapter_name=name)
         else:
             pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+        changed |= {component for component, names in pipe.get_list_adapters().items() if name in names}
         pipe.fuse_lora(lora_scale=scale, adapter_names=[name])
         pipe.unload_lora_weights()  # the fused weights stay; the peft layers go
         fused.append(FusedAdapter(name=path.name, sha256=adapter_digest(path), scale=scale))
-    return tuple(fused)
+    return tuple(fused), changed
 
 
 def _calibration_loop(pipe: Any, prompts: list[str], recipe: CalibrationRecipe, size: int, steps: int):
@@ -81,9 +86,10 @@ def calibrate(model: str, out: Path, recipe: CalibrationRecipe, prompts: list[st
         raise ExportError(f"{out} exists and is not empty")
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
-    fused = fuse_adapters(pipe, recipe.fused_adapters)
+    fused, changed = fuse_adapters(pipe, recipe.fused_adapters)
     spec = spec_from_pipeline(pipe, pipeline_name(model))
     component = spec.denoiser_component
+    fused_encoders = tuple(e.component for e in spec.text_encoders if e.component in changed)
     denoiser = getattr(pipe, component)
     source = config_digest(denoiser)
     size = recipe.size or spec.limits.default_width
@@ -109,12 +115,17 @@ def calibrate(model: str, out: Path, recipe: CalibrationRecipe, prompts: list[st
         if not fp8:  # ONNX Runtime runs INT8 Q/DQ; the check is against the fake-quantized module
             check = verify_onnx(module, files[MODEL_FILE], component, recipe.precision, check_inputs(spec, component))
             onnx_error = check.max_abs_error
+        for encoder in fused_encoders:  # FP32, checked against the fused PyTorch encoder
+            encoder_module = component_module(pipe, spec, encoder)
+            encoder_files = export_onnx(encoder_module, spec, encoder, trace_inputs(spec, encoder),
+                                        scratch / "result" / encoder)
+            verify_onnx(encoder_module, encoder_files[MODEL_FILE], encoder, "fp32", check_inputs(spec, encoder))
         quantization = Quantization(
             precision=recipe.precision, component=component, algorithm=recipe.algorithm,
             alpha=recipe.alpha if recipe.algorithm == "smoothquant" else None, excluded=recipe.excluded,
             calibration_prompts=len(prompts), calibration_steps=steps, quantized_layers=len(layers),
             tool=f"nvidia-modelopt {metadata.version('nvidia-modelopt')}", source_config_sha256=source,
-            fused_adapters=fused,
+            fused_adapters=fused, fused_components=fused_encoders,
         )
         (scratch / "result" / MANIFEST_FILE).write_text(quantization.to_json())
         if out.exists():

@@ -42,7 +42,7 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
             consumers[name] = consumers.get(name, 0) + 1
     folded, keep = 0, []
     for node in model.graph.node:
-        weight = node.input[0] if node.op_type == "QuantizeLinear" else None
+        weight = node.input[0] if node.op_type == "QuantizeLinear" else ""
         if weight not in initializers or consumers.get(weight, 0) != 1 or node.input[1] not in constants:
             keep.append(node)
             continue

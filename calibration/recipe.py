@@ -62,6 +62,8 @@ class CalibrationRecipe:
     def modelopt_config(self) -> dict[str, Any]:
         """modelopt's `quant_cfg` list (later entries win): everything off, then weights and inputs of
         quantizable layers on, then the excluded patterns off again."""
+        weights: dict[str, Any]
+        inputs: dict[str, Any]
         if self.precision == "int8":
             weights, inputs = {"num_bits": 8, "axis": 0}, {"num_bits": 8, "axis": None}  # per-channel weights
         else:

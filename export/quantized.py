@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,16 @@ def load_quantization(directory: Path, pipe: Any, denoiser_component: str, engin
     return quantization
 
 
-def quantized_files(directory: Path, component: str) -> dict[str, Path]:
+def quantized_files(directory: Path, component: str, copy_to: Path | None = None) -> dict[str, Path]:
+    """The component's files in a calibration folder; copied to `copy_to` first when given (the
+    repository writer moves the files it is handed, and the calibration folder must stay whole)."""
     folder = Path(directory) / component
     files = {name: folder / name for name in (MODEL_FILE, EXTERNAL_DATA_FILE) if (folder / name).is_file()}
     if MODEL_FILE not in files:
         raise ExportError(f"{folder / MODEL_FILE} is missing: `dgate calibrate` did not finish")
+    if copy_to is not None:
+        copy_to.mkdir(parents=True, exist_ok=True)
+        files = {name: Path(shutil.copy2(path, copy_to / name)) for name, path in files.items()}
     return files
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,8 @@ EXTERNAL_DATA_PIPELINE = "tiny-sdxl"
 
 
 @pytest.fixture(scope="session")
-def model_repository(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_repository(tiny_models: dict[str, Path], quantized_models: dict[str, Path],
+                     tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every tiny pipeline exported into one repository, as `dgate export` does."""
     from dgate.export.pipeline_export import export_pipeline
     from dgate.export.triton_config import ServingOptions
@@ -45,7 +47,27 @@ def model_repository(tiny_models: dict[str, Path], tmp_path_factory: pytest.Temp
     for name, path in tiny_models.items():
         threshold = {"external_data_threshold": 0} if name == EXTERNAL_DATA_PIPELINE else {}
         export_pipeline(str(path), repository, options=options, **threshold)
+    for name, directory in quantized_models.items():
+        export_pipeline(str(tiny_models["tiny-sd"]), repository, name=name, quantized=directory,
+                        options=replace(options, denoiser_instances=1))
     return repository
+
+
+# Served beside tiny-sd: its INT8 calibration (one denoiser instance: 7 more stub processes).
+QUANTIZED_PIPELINE = "tiny-sd-int8"
+CALIBRATION_PROMPTS, CALIBRATION_STEPS = 8, 4
+
+
+@pytest.fixture(scope="session")
+def quantized_models(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`dgate calibrate --precision int8` of tiny-sd (the first shipped prompts, few steps)."""
+    from dgate.calibration.calibrate import calibrate
+    from dgate.calibration.recipe import CalibrationRecipe, read_prompts, shipped_prompts
+
+    out = tmp_path_factory.mktemp("quant") / QUANTIZED_PIPELINE
+    result = calibrate(str(tiny_models["tiny-sd"]), out, CalibrationRecipe("int8", steps=CALIBRATION_STEPS),
+                       read_prompts(shipped_prompts(), CALIBRATION_PROMPTS))
+    return {QUANTIZED_PIPELINE: result.out}
 
 
 @pytest.fixture(scope="session")

@@ -65,6 +65,13 @@ class Quantization:
     tool: str  # e.g. "nvidia-modelopt 0.47.0"
     source_config_sha256: str  # of the quantized component's config: export checks the base model matches
     fused_adapters: tuple[FusedAdapter, ...] = field(default_factory=tuple)
+    # Text encoders the fused adapters changed: exported by `dgate calibrate` beside the denoiser.
+    fused_components: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The components served from the calibration folder instead of the base model."""
+        return (self.component, *self.fused_components)
 
     @property
     def needs_tensorrt(self) -> bool:
@@ -78,6 +85,7 @@ class Quantization:
     def from_dict(cls, data: dict[str, Any]) -> Quantization:
         data = dict(data)
         data["excluded"] = tuple(data.get("excluded", ()))
+        data["fused_components"] = tuple(data.get("fused_components", ()))
         data["fused_adapters"] = tuple(FusedAdapter(**a) for a in data.get("fused_adapters", ()))
         return cls(**data)
 
