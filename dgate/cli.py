@@ -211,11 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     # argparse only: torch loads when a command runs
     from dgate.bench.quant_bench import add_quant_bench_parser
     from dgate.calibration.cli import add_calibrate_parser
+    from dgate.eval.cli import add_eval_parser
     from dgate.finetune.cli import add_finetune_parser
 
     add_finetune_parser(sub)
     add_calibrate_parser(sub)
     add_quant_bench_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 

@@ -46,3 +46,17 @@ def test_cli_lists_every_subcommand() -> None:
     assert result.returncode == 0
     for command in ("tiny", "export", "triton", "serve", "frontend", "bench"):
         assert command in result.stdout
+
+
+def test_torchvision_imports_beside_the_cpu_torch(tmp_path: Path) -> None:
+    """PyPI's CUDA-linked torchvision beside the CPU torch (dgate/torchvision_ops.py): torchvision,
+    transformers' image processors and diffusers' pipelines import, in plain `python` (the venv's
+    .pth) and after `import dgate`."""
+    code = ("import torchvision, transformers.models.clip\n"
+            "from diffusers import StableDiffusionPipeline\n"
+            "import open_clip, lpips\n"
+            "import torchvision.transforms.functional as F, torch\n"
+            "assert F.resize(torch.zeros(1, 3, 8, 8), [4, 4]).shape == (1, 3, 4, 4)")
+    for prefix in ("", "import dgate\n"):
+        result = _python(prefix + code, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]

@@ -7,6 +7,7 @@ PSNR 46-48 dB and 5-6/255 of the FP32 one; the tests allow PSNR >= 38 dB and 24/
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,6 +20,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from frontend_fixtures import start_frontend
 from openai import OpenAI
+from PIL import Image
 from triton_requests import ensemble_inputs, reference_images
 
 from dgate.core.lora.request import AdapterRef, encode_adapters
@@ -61,11 +63,16 @@ def test_int8_pipeline_serves_images_close_to_fp32(grpc: Any, quantized_models: 
 
 
 @pytest.fixture(scope="module")
-def client(triton: Any) -> Iterator[OpenAI]:
+def frontend(triton: Any) -> Iterator[str]:
     base_url, stop = start_frontend(FrontendSettings(triton_url=triton.ports.grpc_url))
-    with OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=120) as openai_client:
-        yield openai_client
+    yield base_url
     stop()
+
+
+@pytest.fixture(scope="module")
+def client(frontend: str) -> Iterator[OpenAI]:
+    with OpenAI(base_url=f"{frontend}/v1", api_key="x", max_retries=0, timeout=120) as openai_client:
+        yield openai_client
 
 
 def test_models_report_their_precision(client: OpenAI) -> None:
@@ -131,3 +138,40 @@ def test_the_fused_adapter_is_served_and_no_other(fused_triton: Any, tiny_models
         generate(client, "tiny-sd-int8-fused", lora=other_scale)
     client.close()
 
+
+
+# --- dgate eval over the served FP32 and INT8 pipelines -----------------------------------------------
+
+
+def test_dgate_eval_with_random_metric_weights_reports_fp32_vs_int8(frontend: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole `dgate eval` command against the real frontend. The metric backbones are random
+    (scores mean nothing; the code path is the one real weight files take): CLIP, Inception, AlexNet."""
+    from dgate.cli import main
+    from dgate.eval.random_weights import write_random_metric_weights
+
+    for variable in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    weights = write_random_metric_weights(tmp_path / "weights", clip_arch="ViT-S-32")
+    out = tmp_path / "eval"
+    code = main(["eval", "--base-url", f"{frontend}/v1", "--model", "tiny-sd", "--model", "tiny-sd-int8",
+                 "--num-prompts", "3", "--size", "64x64", "--steps", "4", "--out", str(out),
+                 "--clip-weights", str(weights["clip"]), "--clip-arch", "ViT-S-32",
+                 "--inception-weights", str(weights["inception"]), "--lpips-weights", str(weights["lpips"])])
+    assert code == 0
+    document = json.loads((out / "results.json").read_text())
+    rows = {row["model"]: row for row in document["rows"]}
+    assert (rows["tiny-sd"]["precision"], rows["tiny-sd-int8"]["precision"]) == ("fp32", "int8")
+    int8 = rows["tiny-sd-int8"]
+    assert int8["images"] == 3 and int8["psnr"] >= MIN_PSNR_DB  # the same bound as the served-image test
+    assert 0 <= int8["lpips"] < 0.1 and int8["fid"] >= 0 and 0 <= int8["clip_score"] <= 100
+    assert all(row["latency_ms_mean"] > 0 and row["throughput_ips"] > 0 for row in rows.values())
+    assert "| tiny-sd-int8 | int8 |" in (out / "results.md").read_text()
+    pngs = [out / "quality_vs_precision.png", out / "latency_vs_precision.png", *sorted((out / "grids").glob("*.png"))]
+    assert len(pngs) == 5
+    for png in pngs:
+        with Image.open(png) as image:
+            image.verify()
+            assert image.format == "PNG"
+    assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))  # the offline W&B run
