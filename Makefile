@@ -18,7 +18,8 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --upgrade pip setuptools wheel
 	$(BIN)/pip install "$(TORCH_SPEC)" "numpy<2"
-	$(BIN)/pip install -e ".[models,quant,eval,test,triton-wheel]"
+	# torch pinned again: an unpinned torchvision (eval extra) would upgrade torch to its CUDA build.
+	$(BIN)/pip install -e ".[models,quant,eval,test,triton-wheel]" "$(TORCH_SPEC)"
 	# Plain `python` in the venv gets the torchvision fix that every dgate process installs.
 	echo "import dgate.torchvision_ops as t; t.install()" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/dgate-torchvision.pth"
 	$(BIN)/python -c "import dgate.core, dgate.export, dgate.frontend, dgate.model_repository"

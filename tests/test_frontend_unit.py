@@ -408,6 +408,7 @@ MODEL_FIELDS = {
         "default_max_sequence_length": 256,
         "max_sequence_length": 512,
         "true_cfg": True,
+        "precision": "fp32",
     },
     "tiny-pixart": {
         "family": "pixart",
@@ -425,6 +426,7 @@ MODEL_FIELDS = {
         "default_max_sequence_length": 120,
         "max_sequence_length": 300,
         "true_cfg": False,
+        "precision": "fp32",
     },
     "tiny-sd": {
         "family": "sd",
@@ -442,6 +444,7 @@ MODEL_FIELDS = {
         "default_max_sequence_length": 0,
         "max_sequence_length": 0,
         "true_cfg": False,
+        "precision": "fp32",
     },
 }
 OPENAI_MODEL_KEYS = {"id", "object", "created", "owned_by"}
