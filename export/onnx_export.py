@@ -139,10 +139,11 @@ def convert_to_fp16(fp32_path: Path, directory: Path, threshold: int = EXTERNAL_
     # ONNX Runtime's maintained copy of the converter (onnxconverter-common's mistypes Cast outputs).
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(fp32_path))
-    # ONNX shape inference serialises the model: impossible past 2 GB, and not needed for the cast.
-    large = _weights_bytes(model) > threshold
-    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=large)
+    # Given the path, the converter infers shapes with `infer_shapes_path`, which works past 2 GB.
+    # Without shape information it cannot tell which inputs must stay FP32 (Resize's scales): the
+    # full-size SD 1.5 UNet then failed to load in ONNX Runtime ("Type 'tensor(float16)' of input
+    # parameter ... of operator (Resize) is invalid").
+    model = convert_float_to_float16(str(fp32_path), keep_io_types=True)
     return save_onnx(model, directory, threshold)
 
 
