@@ -44,7 +44,7 @@ def test_cli_lists_every_subcommand() -> None:
     result = subprocess.run([str(Path(sys.executable).parent / "dgate"), "--help"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0
-    for command in ("tiny", "export", "triton", "serve", "frontend", "bench"):
+    for command in ("tiny", "export", "triton", "serve", "frontend", "bench", "calibrate", "bench-quant", "eval"):
         assert command in result.stdout
 
 
