@@ -26,7 +26,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         guidance_scale=args.guidance_scale, concurrency=args.concurrency, warmup=args.warmup,
         timeout_s=args.timeout, metrics=parse_metrics(args.metrics), clip_weights=args.clip_weights,
         clip_arch=args.clip_arch, inception_weights=args.inception_weights, lpips_weights=args.lpips_weights,
-        reference_images=args.reference_images, device=args.device, labels=parse_labels(args.label or []),
+        reference_images=args.reference_images, model_repository=args.model_repository,
+        device=args.device, labels=parse_labels(args.label or []),
         wandb=not args.no_wandb, wandb_project=args.wandb_project, wandb_mode=args.wandb_mode,
     )
 
@@ -92,6 +93,8 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
                          help="torchvision's alexnet-owt-7be5be79.pth (LPIPS backbone; lpips ships the linear layers)")
     metrics.add_argument("--reference-images", type=Path,
                          help="folder of real images as FID's reference set (default: the first model's images)")
+    metrics.add_argument("--model-repository", type=Path,
+                         help="the served Triton model repository: adds each model's denoiser size on disk")
     metrics.add_argument("--device", default="auto", help="torch device of the metric networks (default: cuda if any)")
 
     tracking = parser.add_argument_group("Weights & Biases")

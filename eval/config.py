@@ -48,6 +48,7 @@ class EvalConfig:
     inception_weights: Path | None = None
     lpips_weights: Path | None = None
     reference_images: Path | None = None
+    model_repository: Path | None = None  # for the denoiser's size on disk (the API does not report it)
     device: str = "auto"  # torch device of the metric networks; auto: cuda when available
     labels: Mapping[str, str] = field(default_factory=dict)  # model -> precision label override
     wandb: bool = True

@@ -15,7 +15,7 @@ from dgate.eval.results import ModelRow
 from dgate.eval.scoring import ModelScores
 
 TABLE_COLUMNS = ("model", "precision", "images", "CLIP score", "FID", "LPIPS vs ref", "PSNR vs ref (dB)",
-                 "mean latency (ms)", "p95 latency (ms)", "throughput (images/s)")
+                 "mean latency (ms)", "p95 latency (ms)", "throughput (images/s)", "denoiser size (MB)")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def table_rows(rows: Sequence[ModelRow]) -> list[list[str]]:
         row.model, row.precision, str(row.images), _cell(row.clip_score, ".2f"),
         _cell(row.fid, ".2f", row.reference), _cell(row.lpips, ".4f", row.reference),
         _cell(row.psnr, ".2f", row.reference), _cell(row.latency_ms_mean, ".1f"), _cell(row.latency_ms_p95, ".1f"),
-        _cell(row.throughput_ips, ".3f"),
+        _cell(row.throughput_ips, ".3f"), _cell(row.denoiser_mb, ".2f"),
     ] for row in rows]
 
 

@@ -27,6 +27,7 @@ class ModelRow:
     latency_ms_p95: float
     throughput_ips: float  # images / wall time of this model's whole run
     reference: bool = False
+    denoiser_mb: float | None = None  # UNet/transformer files on disk (with --model-repository)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,6 +22,7 @@ from dgate.eval.generate import (
     precision_labels,
     served_models,
 )
+from dgate.eval.model_size import denoiser_bytes
 from dgate.eval.random_weights import is_random_weights
 from dgate.eval.report import TABLE_COLUMNS, table_rows, write_report
 from dgate.eval.results import EvalResult, ModelRow
@@ -55,8 +56,8 @@ def run_eval(config: EvalConfig) -> EvalResult:
                                 warmup=config.warmup)
     runs = generate_all(client, config.models, labels, prompts, images_dir, options)
     scores = score_runs(runs, scorers, config.reference_images)
-    rows = tuple(_row(run, score, position == 0) for position, (run, score) in enumerate(zip(runs, scores,
-                                                                                             strict=True)))
+    rows = tuple(_row(run, score, position == 0, config.model_repository)
+                 for position, (run, score) in enumerate(zip(runs, scores, strict=True)))
     notes = tuple(describe(config, len(prompts)))
     header = _header(config, len(prompts))
     files = write_report(out, rows, runs, scores, header, notes)
@@ -73,10 +74,12 @@ def run_eval(config: EvalConfig) -> EvalResult:
                       plots=files.plots, grids=files.grids, images_dir=images_dir, wandb_dir=wandb_dir, notes=notes)
 
 
-def _row(run: ModelRun, score: ModelScores, reference: bool) -> ModelRow:
+def _row(run: ModelRun, score: ModelScores, reference: bool, repository: Path | None) -> ModelRow:
+    size = denoiser_bytes(repository, run.model) if repository is not None else None
     return ModelRow(model=run.model, precision=run.precision, images=len(run.images), clip_score=score.clip_score,
                     fid=score.fid, lpips=score.lpips, psnr=score.psnr, latency_ms_mean=run.latency_ms_mean,
-                    latency_ms_p95=run.latency_ms_p95, throughput_ips=run.throughput_ips, reference=reference)
+                    latency_ms_p95=run.latency_ms_p95, throughput_ips=run.throughput_ips, reference=reference,
+                    denoiser_mb=None if size is None else size / 1e6)
 
 
 def _header(config: EvalConfig, prompt_count: int) -> dict[str, Any]:

@@ -143,8 +143,8 @@ def test_the_fused_adapter_is_served_and_no_other(fused_triton: Any, tiny_models
 # --- dgate eval over the served FP32 and INT8 pipelines -----------------------------------------------
 
 
-def test_dgate_eval_with_random_metric_weights_reports_fp32_vs_int8(frontend: str, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dgate_eval_with_random_metric_weights_reports_fp32_vs_int8(
+        frontend: str, model_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole `dgate eval` command against the real frontend. The metric backbones are random
     (scores mean nothing; the code path is the one real weight files take): CLIP, Inception, AlexNet."""
     from dgate.cli import main
@@ -158,7 +158,8 @@ def test_dgate_eval_with_random_metric_weights_reports_fp32_vs_int8(frontend: st
     code = main(["eval", "--base-url", f"{frontend}/v1", "--model", "tiny-sd", "--model", "tiny-sd-int8",
                  "--num-prompts", "3", "--size", "64x64", "--steps", "4", "--out", str(out),
                  "--clip-weights", str(weights["clip"]), "--clip-arch", "ViT-S-32",
-                 "--inception-weights", str(weights["inception"]), "--lpips-weights", str(weights["lpips"])])
+                 "--inception-weights", str(weights["inception"]), "--lpips-weights", str(weights["lpips"]),
+                 "--model-repository", str(model_repository)])
     assert code == 0
     document = json.loads((out / "results.json").read_text())
     rows = {row["model"]: row for row in document["rows"]}
@@ -167,6 +168,7 @@ def test_dgate_eval_with_random_metric_weights_reports_fp32_vs_int8(frontend: st
     assert int8["images"] == 3 and int8["psnr"] >= MIN_PSNR_DB  # the same bound as the served-image test
     assert 0 <= int8["lpips"] < 0.1 and int8["fid"] >= 0 and 0 <= int8["clip_score"] <= 100
     assert all(row["latency_ms_mean"] > 0 and row["throughput_ips"] > 0 for row in rows.values())
+    assert int8["denoiser_mb"] < 0.5 * rows["tiny-sd"]["denoiser_mb"]  # INT8 weights on disk
     assert "| tiny-sd-int8 | int8 |" in (out / "results.md").read_text()
     pngs = [out / "quality_vs_precision.png", out / "latency_vs_precision.png", *sorted((out / "grids").glob("*.png"))]
     assert len(pngs) == 5
