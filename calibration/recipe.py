@@ -20,6 +20,11 @@ DEFAULT_EXCLUDED = (
     "time_text_embed", "context_embedder", "x_embedder", "pos_embed", "norm_out", "proj_out",
     "adaln_single", "caption_projection",
 )
+# Layers without a GEMM are never quantized (modelopt registers LayerNorm, instance/batch norms and
+# pooling, and would quantize their inputs): INT8/FP8 cannot speed them up and only add error.
+# (GroupNorm, diffusers' RMSNorm and other norms have no quantized equivalent in modelopt.)
+NON_GEMM_CLASSES = ("nn.LayerNorm", "nn.InstanceNorm2d", "nn.BatchNorm2d", "nn.AvgPool2d", "nn.MaxPool2d",
+                    "nn.AdaptiveAvgPool2d")
 DEFAULT_ALPHA = 0.8  # SmoothQuant migration strength (modelopt's default is 1.0); see calibration/README
 
 
@@ -73,6 +78,7 @@ class CalibrationRecipe:
             {"quantizer_name": "*weight_quantizer", "cfg": weights},
             {"quantizer_name": "*input_quantizer", "cfg": inputs},
         ]
+        quant_cfg += [{"quantizer_name": "*", "parent_class": cls, "enable": False} for cls in NON_GEMM_CLASSES]
         quant_cfg += [{"quantizer_name": f"*{pattern}*", "enable": False} for pattern in self.excluded]
         algorithm: dict[str, Any] | str = ({"method": "smoothquant", "alpha": self.alpha}
                                             if self.algorithm == "smoothquant" else "max")

@@ -29,9 +29,11 @@ logger = logging.getLogger(__name__)
 OPSET = 17
 DYNAMO_OPSET = 18  # the dynamo exporter's lowest
 # Max abs error allowed between ONNX Runtime and PyTorch, relative to the output's magnitude.
-# int8: ONNX Runtime's Q/DQ against modelopt's fake quantization in PyTorch; a value that rounds to
-# the other side of a quantization step differs by one step, which later layers carry on.
-TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "int8": 5e-2}
+# int8: ONNX Runtime's Q/DQ against modelopt's fake quantization in PyTorch, on random inputs beyond the
+# calibrated ranges: modelopt clips at ±127 steps where ONNX's INT8 reaches -128, and a value that
+# rounds to the other side of a step differs by one step, which later layers carry on. Measured
+# 0.04-0.06 x scale on tiny-sd, 7e-7 on tiny-pixart, 0.043 on the full-size SD 1.5 UNet.
+TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "int8": 0.1}
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 # protobuf's hard limit is 2 GiB for the whole graph; weights beyond this go to the external file.

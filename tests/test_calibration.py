@@ -36,8 +36,10 @@ def test_int8_calibration_quantizes_the_blocks_and_leaves_the_excluded_layers(qu
     for expected in ("down_blocks.1/attentions.0/transformer_blocks.0/attn1/to_q",
                      "mid_block/resnets.0/conv1", "up_blocks.0/resnets.0/conv2"):
         assert expected in layers, sorted(layers)[:10]
-    # ... the default exclusions none (conv_in/out, time embeddings, skip convs, proj_out).
+    # ... the default exclusions none (conv_in/out, time embeddings, skip convs, proj_out), nor any
+    # normalisation layer (modelopt would quantize LayerNorm inputs).
     assert not [layer for layer in layers if _excluded(layer, DEFAULT_EXCLUDED)]
+    assert not [layer for layer in layers if layer.rsplit("/", 1)[-1].startswith("norm")]
     # Weights are stored as INT8 (no QuantizeLinear left on a constant), one per quantized weight.
     initializers = {t.name: t for t in graph.graph.initializer}
     assert not [n for n in graph.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in initializers]
@@ -143,7 +145,8 @@ def test_recipe_becomes_modelopt_config() -> None:
     config = CalibrationRecipe("int8", alpha=0.5, excluded=("conv_in",)).modelopt_config()
     assert config["algorithm"] == {"method": "smoothquant", "alpha": 0.5}
     names = [entry["quantizer_name"] for entry in config["quant_cfg"]]
-    assert names == ["*", "*weight_quantizer", "*input_quantizer", "*conv_in*"]  # later entries win
+    assert names[:3] == ["*", "*weight_quantizer", "*input_quantizer"] and names[-1] == "*conv_in*"  # later win
+    assert {e.get("parent_class") for e in config["quant_cfg"]} >= {"nn.LayerNorm", "nn.InstanceNorm2d"}
     assert config["quant_cfg"][1]["cfg"] == {"num_bits": 8, "axis": 0}  # per-channel INT8 weights
     fp8 = CalibrationRecipe("fp8").modelopt_config()
     assert fp8["algorithm"] == "max" and fp8["quant_cfg"][2]["cfg"]["num_bits"] == (4, 3)  # E4M3
