@@ -110,12 +110,15 @@ def export_pipeline(
                                   precision=precision, default_scheduler=default_scheduler)
     except ValueError as error:
         raise ExportError(str(error)) from error
-    quantization = None
+    # From `dgate calibrate`: the quantized denoiser, and text encoders with fused adapters (checked
+    # there against the fused PyTorch encoder; this base one no longer matches). Component -> folder.
+    calibrated: dict[str, Path] = {}
     if quantized is not None:
         quantization = load_quantization(quantized, pipe, spec.denoiser_component, options.engine)
         spec = replace(spec, quantization=quantization,
                        limits=replace(spec.limits, precision=quantization.precision),
                        precisions=spec.precisions | {spec.denoiser_component: quantization.precision})
+        calibrated = dict.fromkeys(quantization.components, quantized)
     checks = []
     lora_maps: dict[str, str] = {}  # component -> its LoraMap as JSON text
     repository.mkdir(parents=True, exist_ok=True)
@@ -126,13 +129,11 @@ def export_pipeline(
             progress.set_postfix_str(component)
             module = component_module(pipe, spec, component)
             checks_inputs = check_inputs(spec, component)
-            # From `dgate calibrate`: the quantized denoiser, and text encoders with fused adapters
-            # (checked there against the fused PyTorch encoder; this base one no longer matches).
-            calibrated = quantization is not None and component in quantization.components
-            if quantized is not None and quantization is not None and calibrated:
-                files = quantized_files(quantized, component, copy_to=scratch / component / "calibrated")
-                if component == spec.denoiser_component:
-                    checks.append(verify_quantized(module, files[MODEL_FILE], component, quantization, checks_inputs))
+            if component in calibrated:
+                files = quantized_files(calibrated[component], component, copy_to=scratch / component / "calibrated")
+                if spec.quantization is not None and component == spec.denoiser_component:
+                    checks.append(verify_quantized(module, files[MODEL_FILE], component, spec.quantization,
+                                                   checks_inputs))
             else:
                 files = export_onnx(module, spec, component, trace_inputs(spec, component),
                                     scratch / component / "fp32", external_data_threshold)
@@ -143,7 +144,7 @@ def export_pipeline(
                 lora_maps[component] = lora_map.to_json()
             if spec.precision(component) == "fp16":
                 files = convert_to_fp16(files[MODEL_FILE], scratch / component / "fp16", external_data_threshold)
-                if not calibrated:
+                if component not in calibrated:
                     checks.append(verify_onnx(module, files[MODEL_FILE], component, "fp16", checks_inputs))
             del module
             component_files: dict[str, Path | str] = dict(files)

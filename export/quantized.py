@@ -13,14 +13,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from dgate.core.errors import ExportError
-from dgate.core.onnx_session import create_session
 from dgate.core.quantization import MANIFEST_FILE, Quantization
-from dgate.export.onnx_export import EXTERNAL_DATA_FILE, MODEL_FILE, VerifyResult
+from dgate.export.onnx_export import EXTERNAL_DATA_FILE, MODEL_FILE, VerifyResult, verify_onnx
 
 logger = logging.getLogger(__name__)
 # Max abs error of the quantized denoiser against the FP32 PyTorch one on random inputs, relative to
@@ -73,21 +71,4 @@ def verify_quantized(module: nn.Module, path: Path, component: str, quantization
     """The quantized graph runs at every checked shape and stays near the FP32 PyTorch model."""
     if quantization.needs_tensorrt:  # ONNX Runtime cannot run it; TensorRT's parser checks it
         return VerifyResult(component, quantization.precision, float("nan"), float("nan"), QUANTIZED_TOLERANCE)
-    session = create_session(path)
-    error = scale = 0.0
-    for inputs in input_sets:
-        with torch.inference_mode():
-            reference = module(*inputs.values())
-        reference = (reference[0] if isinstance(reference, tuple | list) else reference).float().numpy()
-        actual = session.run(None, {name: t.numpy() for name, t in inputs.items()})[0]
-        if actual.shape != reference.shape:
-            raise ExportError(f"{component} ({quantization.precision}): output shape {actual.shape} != "
-                              f"{reference.shape}")
-        error = max(error, float(np.max(np.abs(actual - reference))))
-        scale = max(scale, float(np.max(np.abs(reference))))
-    result = VerifyResult(component, quantization.precision, error, scale, QUANTIZED_TOLERANCE)
-    if not result.ok:
-        raise ExportError(f"{component} ({quantization.precision}) differs from the FP32 model by {error:.3g} "
-                          f"(sanity bound {QUANTIZED_TOLERANCE} x max(1, {scale:.3g})): a broken calibration")
-    return result
-
+    return verify_onnx(module, path, component, quantization.precision, input_sets, tolerance=QUANTIZED_TOLERANCE)

@@ -13,9 +13,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import uvicorn
+from openai import OpenAI
 
 from dgate.frontend.app import create_app
 from dgate.frontend.engine import ImageEngine
@@ -57,6 +59,26 @@ def start_frontend(
             stop()
             raise RuntimeError(f"the frontend did not answer {base_url}/health within {timeout_s} s")
         time.sleep(0.05)
+
+
+def make_client(base_url: str) -> OpenAI:
+    # max_retries=0: the client would otherwise retry 5xx answers and hide what the server said.
+    return OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def frontend(triton: Any) -> Iterator[str]:
+    """The real frontend on the session's tritonserver (a test module may override it with settings)."""
+    base_url, stop = start_frontend(FrontendSettings(triton_url=triton.ports.grpc_url))
+    yield base_url
+    stop()
+
+
+@pytest.fixture(scope="module")
+def client(frontend: str) -> Iterator[OpenAI]:
+    """The official openai client on `frontend`."""
+    with make_client(frontend) as openai_client:
+        yield openai_client
 
 
 @pytest.fixture

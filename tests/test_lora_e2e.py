@@ -159,12 +159,6 @@ def frontend(triton: Any, adapters: Path) -> Iterator[str]:
     stop()
 
 
-@pytest.fixture(scope="module")
-def client(frontend: str) -> Iterator[OpenAI]:
-    with OpenAI(base_url=f"{frontend}/v1", api_key="x", max_retries=0, timeout=120) as openai_client:
-        yield openai_client
-
-
 def image(client: OpenAI, **extra: Any) -> np.ndarray:
     import base64
     import io

@@ -11,7 +11,6 @@ import io
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import numpy as np
 import openai
 import pytest
 import tritonclient.grpc as grpcclient
-from frontend_fixtures import start_frontend
+from frontend_fixtures import make_client
 from openai import OpenAI
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,24 +38,6 @@ PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 # FP32 ONNX Runtime in Triton vs PyTorch diffusers: the issue allows 2/255. Measured here: tiny-pixart 0,
 # tiny-sd 1 (in 1 to 3 of 12-23k values; the frontend itself returns exactly what Triton does).
 MAX_PIXEL_DIFFERENCE = 2
-
-
-def make_client(base_url: str) -> OpenAI:
-    # max_retries=0: the client would otherwise retry 5xx answers and hide what the server said.
-    return OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def frontend(triton: Any) -> Iterator[str]:
-    base_url, stop = start_frontend(FrontendSettings(triton_url=triton.ports.grpc_url))
-    yield base_url
-    stop()
-
-
-@pytest.fixture(scope="module")
-def client(frontend: str) -> Iterator[OpenAI]:
-    with make_client(frontend) as openai_client:
-        yield openai_client
 
 
 def decode(blob: bytes, fmt: str, size: tuple[int, int]) -> np.ndarray:

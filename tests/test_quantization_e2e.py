@@ -18,13 +18,11 @@ import numpy as np
 import openai
 import pytest
 import tritonclient.grpc as grpcclient
-from frontend_fixtures import start_frontend
 from openai import OpenAI
 from PIL import Image
 from triton_requests import ensemble_inputs, reference_images
 
 from dgate.core.lora.request import AdapterRef, encode_adapters
-from dgate.frontend.settings import FrontendSettings
 
 pytestmark = pytest.mark.slow
 
@@ -62,17 +60,7 @@ def test_int8_pipeline_serves_images_close_to_fp32(grpc: Any, quantized_models: 
         assert max_difference(int8, fp32) > 0, "the INT8 UNet must be the one serving"
 
 
-@pytest.fixture(scope="module")
-def frontend(triton: Any) -> Iterator[str]:
-    base_url, stop = start_frontend(FrontendSettings(triton_url=triton.ports.grpc_url))
-    yield base_url
-    stop()
-
-
-@pytest.fixture(scope="module")
-def client(frontend: str) -> Iterator[OpenAI]:
-    with OpenAI(base_url=f"{frontend}/v1", api_key="x", max_retries=0, timeout=120) as openai_client:
-        yield openai_client
+# `frontend` and `client`: the shared fixtures of frontend_fixtures, on the session's tritonserver.
 
 
 def test_models_report_their_precision(client: OpenAI) -> None:
