@@ -27,7 +27,18 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# The job-store tests start a real PostgreSQL server (tests/postgres_server.py), never a mock: install
+# Debian's server package when its binaries are missing (CI runs as root; elsewhere through sudo).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "PostgreSQL is missing and installing it needs root or sudo: apt-get install postgresql" >&2; exit 1; fi; \
+	  $$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y --no-install-recommends postgresql; }
+
+.PHONY: postgres
+
+test: install postgres
 	$(BIN)/ruff check .
 	PYTHON=$(BIN)/python .ci/typecheck
 	$(BIN)/python -m pytest -v -rA
