@@ -128,6 +128,35 @@ def diffusers_images(pipe: Any, values: Mapping[str, Any]) -> np.ndarray:
     return (np.asarray(images) * 255).round().astype(np.uint8)
 
 
+def diffusers_video(pipe: Any, values: Mapping[str, Any], image: np.ndarray | None = None) -> np.ndarray:
+    """The video pipeline's own output for the request as uint8 [1, F, H, W, 3]."""
+    from PIL import Image
+
+    accepted = inspect.signature(type(pipe).__call__).parameters
+    kwargs: dict[str, Any] = {
+        "num_frames": values["num_frames"], "num_inference_steps": values["num_inference_steps"],
+        "height": values["height"], "width": values["width"], "output_type": "np",
+        "generator": torch.Generator().manual_seed(int(values["seed"])),
+        "decode_chunk_size": values.get("decode_chunk_size") or accepted["decode_chunk_size"].default,
+    }
+    if "image" in accepted:  # image to video (SVD)
+        kwargs |= {"image": Image.fromarray(image), "max_guidance_scale": values["guidance_scale"],
+                   "fps": values["fps"], "motion_bucket_id": values["motion_bucket_id"],
+                   "noise_aug_strength": values["noise_aug_strength"]}
+    else:
+        kwargs |= {"prompt": values["prompt"], "negative_prompt": values["negative_prompt"] or None,
+                   "guidance_scale": values["guidance_scale"]}
+    scheduler, original = values.get("scheduler", "default"), pipe.scheduler
+    if scheduler != "default":
+        pipe.scheduler = build_scheduler(scheduler, dict(original.config))
+    try:
+        pipe.set_progress_bar_config(disable=True)
+        frames = pipe(**kwargs).frames
+    finally:
+        pipe.scheduler = original
+    return (np.asarray(frames) * 255).round().astype(np.uint8)
+
+
 def torch_text_outputs(pipe: Any, spec: PipelineSpec, prompt: str, negative_prompt: str,
                        max_sequence_length: int = 0) -> TextOutputs:
     """What the tokenize + text encoder models produce, computed with the PyTorch encoders."""
@@ -148,6 +177,35 @@ def torch_text_outputs(pipe: Any, spec: PipelineSpec, prompt: str, negative_prom
                                    for k, name in enumerate(names)}
         text[encoder.component]["attention_mask"] = mask
     return text
+
+
+def torch_component_call(pipe: Any, spec: PipelineSpec) -> Any:
+    """A `ComponentCall` on the pipeline's PyTorch modules (the exported wrappers, in process)."""
+    from dgate.export.wrappers import component_module
+
+    modules: dict[str, Any] = {}
+
+    def call(component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if component not in modules:
+            modules[component] = component_module(pipe, spec, component)
+        io = family_of(spec).component_io(spec, component)
+        with torch.inference_mode():
+            outputs = modules[component](*(torch.from_numpy(np.ascontiguousarray(inputs[t.name])) for t in io[0]))
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return {t.name: out.numpy() for t, out in zip(io[1], outputs, strict=True)}
+
+    return call
+
+
+def torch_loop_video(pipe: Any, spec: PipelineSpec, values: Mapping[str, Any], image: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """D-Gate's video path (`generate_video`) run in process on the pipeline's PyTorch modules."""
+    from dgate.core.video import generate_video
+
+    params = DenoiseParams(**{k: values[k] for k in DenoiseParams.__dataclass_fields__})
+    text = torch_text_outputs(pipe, spec, values["prompt"], params.negative_prompt) if spec.text_encoders else {}
+    return generate_video(spec, params, SchedulerFactory(dict(pipe.scheduler.config)), text, image,
+                          torch_component_call(pipe, spec))
 
 
 def torch_loop_images(pipe: Any, spec: PipelineSpec, values: Mapping[str, Any]) -> np.ndarray:

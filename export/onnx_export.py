@@ -54,10 +54,10 @@ class VerifyResult:
 
 
 def sample_inputs(spec: PipelineSpec, component: str, batch: int, height: int, width: int, seed: int,
-                  t5_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Random inputs of the component's tensors at a concrete image size (and T5 prompt length)."""
+                  t5_length: int | None = None, frames: int | None = None) -> dict[str, torch.Tensor]:
+    """Random inputs of the component's tensors at a concrete image size (T5 prompt length, frames)."""
     family = family_of(spec)
-    sizes = family.axis_sizes(spec, height, width, t5_length)
+    sizes = family.axis_sizes(spec, height, width, t5_length, frames)
     generator = torch.Generator().manual_seed(seed)
     inputs: dict[str, torch.Tensor] = {}
     for tensor in family.component_io(spec, component)[0]:

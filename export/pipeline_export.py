@@ -39,6 +39,7 @@ from dgate.export.triton_config import (
     postprocess_config,
     takes_lora,
     tokenize_config,
+    video_denoiser_config,
 )
 from dgate.export.wrappers import component_module
 
@@ -57,21 +58,27 @@ def load_pipeline(model: str) -> Any:  # a DiffusionPipeline; its annotations mi
     return DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
 
 
+# Video: frames traced and checked at (few, so that full-size video models export in bounded memory).
+TRACE_FRAMES, CHECK_FRAMES = 4, (5, 3)
+
+
 def trace_inputs(spec: PipelineSpec, component: str) -> dict[str, torch.Tensor]:
     """Trace off the native size: DiTs then compute their position embedding from the input size
     instead of baking in the stored table, so the graph stays valid at every size."""
     limits = spec.limits
     return sample_inputs(spec, component, 2, limits.default_height, limits.default_width + limits.size_multiple,
-                         seed=0)
+                         seed=0, frames=TRACE_FRAMES)
 
 
 def check_inputs(spec: PipelineSpec, component: str) -> list[dict[str, torch.Tensor]]:
-    """Other batch sizes, the native and a non-square size, and a shorter T5 prompt: the dynamic axes."""
+    """Other batch sizes, the native and a non-square size, and a shorter T5 prompt (video: other
+    frame counts): the dynamic axes."""
     limits = spec.limits
     return [
-        sample_inputs(spec, component, 3, limits.default_height, limits.default_width, seed=1),
+        sample_inputs(spec, component, 3, limits.default_height, limits.default_width, seed=1,
+                      frames=CHECK_FRAMES[0]),
         sample_inputs(spec, component, 1, limits.default_height + 2 * limits.size_multiple, limits.default_width,
-                      seed=2, t5_length=max(1, limits.default_max_sequence_length // 2)),
+                      seed=2, t5_length=max(1, limits.default_max_sequence_length // 2), frames=CHECK_FRAMES[1]),
     ]
 
 
@@ -97,8 +104,7 @@ def export_pipeline(
     `quantized`: the output folder of `dgate calibrate` for this model; its denoiser is served instead.
     """
     options = options or ServingOptions()
-    # Refit cannot reach quantized weights: the pipeline serves no LoRA (dgate_lora still answers for it).
-    repository_options, options = options, replace(options, lora=False) if quantized else options
+    repository_options = options
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be fp32 or fp16, got {precision!r}")
     if options.engine == "tensorrt" and options.triton_backend != "native":
@@ -110,6 +116,11 @@ def export_pipeline(
                                   precision=precision, default_scheduler=default_scheduler)
     except ValueError as error:
         raise ExportError(str(error)) from error
+    video = spec.limits.is_video
+    # Refit cannot reach quantized weights: the pipeline serves no LoRA (dgate_lora still answers for
+    # it). Video pipelines take no adapters yet.
+    if quantized or video:
+        options = replace(options, lora=False)
     # From `dgate calibrate`: the quantized denoiser, and text encoders with fused adapters (checked
     # there against the fused PyTorch encoder; this base one no longer matches). Component -> folder.
     calibrated: dict[str, Path] = {}
@@ -166,18 +177,22 @@ def export_pipeline(
                                                      scratch / "tokenizers" / encoder.tokenizer).parent
             for encoder in spec.text_encoders
         }
-        write_model(repository, tokenize_config(spec, options), tokenizer_files | {
-            PIPELINE_FILE: spec_json,
-            "model.py": model_shim("tokenizer_model", f"{spec.name} tokenizer"),
-        })
-        write_model(repository, denoiser_config(spec, options), {
+        if spec.text_encoders:
+            write_model(repository, tokenize_config(spec, options), tokenizer_files | {
+                PIPELINE_FILE: spec_json,
+                "model.py": model_shim("tokenizer_model", f"{spec.name} tokenizer"),
+            })
+        denoiser = (video_denoiser_config(spec, options), "video_denoiser_model") if video else (
+            denoiser_config(spec, options), "denoiser_model")
+        write_model(repository, denoiser[0], {
             PIPELINE_FILE: spec_json,
             SCHEDULER_FILE: pipe.scheduler.to_json_string(),
-            "model.py": model_shim("denoiser_model", f"{spec.name} scheduler loop"),
+            "model.py": model_shim(denoiser[1], f"{spec.name} scheduler loop"),
         })
-        write_model(repository, postprocess_config(spec, options), {
-            "model.py": model_shim("postprocess_model", f"{spec.name} postprocess"),
-        })
+        if not video:  # the video denoiser returns frames
+            write_model(repository, postprocess_config(spec, options), {
+                "model.py": model_shim("postprocess_model", f"{spec.name} postprocess"),
+            })
         if repository_options.serves_lora:  # the same model for every pipeline: rewriting it is harmless
             write_model(repository, lora_config(options), {"model.py": model_shim("lora_model", "adapter checks")})
         write_model(repository, ensemble_config(spec, options), {})

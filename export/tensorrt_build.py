@@ -21,17 +21,18 @@ Shape = tuple[int, ...]
 def profile_shapes(spec: PipelineSpec, component: str, max_batch_size: int
                    ) -> dict[str, tuple[Shape, Shape, Shape]]:
     """(min, opt, max) shape per input: batch 1 / 2 / max; image size min / default / max; T5 prompt
-    length 1 / default / max_sequence_length."""
+    length 1 / default / max_sequence_length; video frames 1 / default / max."""
     family, limits = family_of(spec), spec.limits
     levels = (
-        (1, limits.min_size, limits.min_size, 1),
-        (min(2, max_batch_size), limits.default_height, limits.default_width, limits.default_max_sequence_length),
-        (max_batch_size, limits.max_height, limits.max_width, limits.max_sequence_length),
+        (1, limits.min_size, limits.min_size, 1, 1),
+        (min(2, max_batch_size), limits.default_height, limits.default_width, limits.default_max_sequence_length,
+         limits.default_num_frames),
+        (max_batch_size, limits.max_height, limits.max_width, limits.max_sequence_length, limits.max_num_frames),
     )
     shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
     for tensor in family.component_io(spec, component)[0]:
-        minimum, optimum, maximum = (tensor.concrete_shape(batch, family.axis_sizes(spec, h, w, t5))
-                                     for batch, h, w, t5 in levels)
+        minimum, optimum, maximum = (tensor.concrete_shape(batch, family.axis_sizes(spec, h, w, t5, frames))
+                                     for batch, h, w, t5, frames in levels)
         shapes[tensor.name] = (minimum, optimum, maximum)
     return shapes
 

@@ -16,8 +16,12 @@ from dgate.core.tensors import (
     LORA_INPUT,
     LORA_ROWS,
     PIPELINE_MARKER_PARAMETER,
+    PROGRESS_OUTPUT,
     TEXT_INPUTS,
+    VIDEO_OUTPUT,
     TensorSpec,
+    model_name,
+    request_tensors,
 )
 
 # What the denoiser takes besides the encoded prompt: every request value except the prompt text.
@@ -36,6 +40,8 @@ class ServingOptions:
     # instances meet in the UNet's batcher. Each is a process with torch + diffusers (~250 MB PSS);
     # two keep a 2-core CPU busy (the UNet's cost is linear in batch there), a GPU wants more.
     denoiser_instances: int = 2
+    # Video requests run for seconds to minutes; one loop per instance (the UNet batches across them).
+    video_denoiser_instances: int = 1
     component_instances: int = 1
     helper_instances: int = 1  # tokenizer and postprocess models: microseconds of work per request
     max_queue_delay_us: int = 100  # CPU: UNet cost is linear in batch, so waiting buys nothing (dgate bench)
@@ -51,10 +57,6 @@ class ServingOptions:
 def takes_lora(spec: PipelineSpec, component: str, options: ServingOptions) -> bool:
     return options.serves_lora and component in (*(e.component for e in spec.text_encoders),
                                                   spec.denoiser_component)
-
-
-def model_name(pipeline: str, component: str) -> str:
-    return f"{pipeline}_{component}"
 
 
 def _add_tensors(field, tensors: tuple[TensorSpec, ...]) -> None:
@@ -78,6 +80,8 @@ def component_config(spec: PipelineSpec, component: str, options: ServingOptions
     inputs, outputs = family_of(spec).component_io(spec, component)
     rows_per_image = 1 if component.startswith("vae") else PROMPT_ROWS  # CFG: uncond + cond
     max_batch_size = spec.limits.max_images * rows_per_image
+    if component.startswith("vae") and spec.limits.is_video:  # a 2-D VAE decodes a video's frames as rows
+        max_batch_size = max(max_batch_size, spec.limits.max_num_frames)
     name = model_name(spec.name, component)
     if options.triton_backend == "python":
         parameters = {"engine": options.engine, "onnx_threads": str(options.onnx_threads)}
@@ -146,6 +150,18 @@ def denoiser_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConf
     )
 
 
+def video_denoiser_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConfig:
+    """Decoupled: one `progress` response per step, then `video` (see video_denoiser_model)."""
+    config = _python_model(
+        model_name(spec.name, "denoiser"),
+        (*encoded_prompt_inputs(spec), *request_tensors(spec.limits.task, spec.limits.takes_image)),
+        (VIDEO_OUTPUT, PROGRESS_OUTPUT),
+        max_batch_size=0, instances=options.video_denoiser_instances, parameters={},
+    )
+    config.model_transaction_policy.decoupled = True
+    return config
+
+
 def lora_config(options: ServingOptions) -> mc.ModelConfig:
     """`dgate_lora`, one per repository: checks a pipeline's adapters against its weight maps (the
     LoRA API's control path; one model rather than one per pipeline saves a ~68 MB process each)."""
@@ -167,10 +183,15 @@ def postprocess_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelC
 
 
 def ensemble_config(spec: PipelineSpec, options: ServingOptions | None = None) -> mc.ModelConfig:
-    """tokenize -> each text encoder -> denoiser -> vae_decoder -> postprocess; one request in, images out."""
+    """tokenize -> each text encoder -> denoiser -> vae_decoder -> postprocess; one request in, images out.
+
+    Video: tokenize -> each text encoder -> the (decoupled) denoiser, whose every response (progress,
+    then the frames) is the ensemble's.
+    """
+    video = spec.limits.is_video
     config = mc.ModelConfig(name=spec.name, platform="ensemble", max_batch_size=0)
-    _add_tensors(config.input, ENSEMBLE_INPUTS)
-    _add_tensors(config.output, (ENSEMBLE_OUTPUT,))
+    _add_tensors(config.input, request_tensors(spec.limits.task, spec.limits.takes_image))
+    _add_tensors(config.output, (VIDEO_OUTPUT, PROGRESS_OUTPUT) if video else (ENSEMBLE_OUTPUT,))
     steps = config.ensemble_scheduling.step
 
     def step(component: str, inputs: dict[str, str], outputs: dict[str, str]) -> None:
@@ -178,18 +199,30 @@ def ensemble_config(spec: PipelineSpec, options: ServingOptions | None = None) -
                   input_map=inputs, output_map=outputs)
 
     serves_lora = (options or ServingOptions()).serves_lora
-    step("tokenize", {name: name for name in TEXT_INPUTS},
-         {t.name: f"_{t.name}" for t in tokenize_outputs(spec) if serves_lora or t != LORA_PROMPT_ROWS})
+    if spec.text_encoders:
+        step("tokenize", {name: name for name in TEXT_INPUTS},
+             {t.name: f"_{t.name}" for t in tokenize_outputs(spec) if serves_lora or t != LORA_PROMPT_ROWS})
     lora = {LORA_INPUT: f"_{LORA_PROMPT_ROWS.name}"} if serves_lora else {}
     for encoder in spec.text_encoders:
         step(encoder.component,
              {t.name: f"_{encoder.component}_{t.name}" for t in encoder.inputs} | lora,
              {t.name: f"_{encoder.component}_{t.name}" for t in encoder.outputs})
+    if video:
+        step("denoiser",
+             {t.name: f"_{t.name}" for t in encoded_prompt_inputs(spec)}
+             | {t.name: t.name for t in request_tensors(spec.limits.task, spec.limits.takes_image)},
+             {t.name: t.name for t in (VIDEO_OUTPUT, PROGRESS_OUTPUT)})
+        return _with_parameters(config, spec)
     step("denoiser",
          {t.name: f"_{t.name}" for t in encoded_prompt_inputs(spec)} | {t.name: t.name for t in DENOISE_PARAMETERS},
          {"latents": "_latents"})
     step("vae_decoder", {"latent": "_latents"}, {"image": "_image"})
     step("postprocess", {"image": "_image"}, {ENSEMBLE_OUTPUT.name: ENSEMBLE_OUTPUT.name})
+    return _with_parameters(config, spec)
+
+
+def _with_parameters(config: mc.ModelConfig, spec: PipelineSpec) -> mc.ModelConfig:
+    """The pipeline marker and its limits, read back by the frontend."""
     parameters = {PIPELINE_MARKER_PARAMETER: "true"} | spec.limits.to_parameters()
     for key, value in parameters.items():
         config.parameters[key].string_value = value

@@ -69,12 +69,19 @@ class VaeEncoderWrapper(nn.Module):
 
 def component_module(pipe: Any, spec: PipelineSpec, component: str) -> nn.Module:
     """The wrapper for one exported component of a loaded diffusers pipeline, in eval mode."""
+    family = family_of(spec)
     if component == spec.denoiser_component:
-        module: nn.Module = family_of(spec).denoiser_module(pipe, spec)
+        module: nn.Module = family.denoiser_module(pipe, spec)
     elif component == "vae_decoder":
-        module = VaeDecoderWrapper(pipe.vae, spec.vae_scaling_factor, spec.vae_shift_factor)
+        module = (family.decoder_module(pipe, spec)
+                  or VaeDecoderWrapper(pipe.vae, spec.vae_scaling_factor, spec.vae_shift_factor))
     elif component == "vae_encoder":
-        module = VaeEncoderWrapper(pipe.vae, spec.vae_scaling_factor, spec.vae_shift_factor)
+        if family.vae_encoder_scaled:
+            module = VaeEncoderWrapper(pipe.vae, spec.vae_scaling_factor, spec.vae_shift_factor)
+        else:
+            module = VaeEncoderWrapper(pipe.vae, 1.0, None)
+    elif component == "image_encoder":
+        module = family.image_encoder_module(pipe)
     else:
         module = TextEncoderWrapper(getattr(pipe, component), spec.text_encoder(component))
     return module.eval()

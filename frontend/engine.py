@@ -10,6 +10,8 @@ import asyncio
 import json
 import logging
 import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import numpy as np
@@ -19,7 +21,17 @@ from tritonclient.utils import InferenceServerException
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
-from dgate.core.tensors import ENSEMBLE_OUTPUT, LORA_CHECK_MODEL, LORA_INPUT, PIPELINE_MARKER_PARAMETER, infer_inputs
+from dgate.core.tensors import (
+    CONDITIONING_IMAGE,
+    ENSEMBLE_OUTPUT,
+    LORA_CHECK_MODEL,
+    LORA_INPUT,
+    PIPELINE_MARKER_PARAMETER,
+    PROGRESS_OUTPUT,
+    VIDEO_OUTPUT,
+    infer_inputs,
+    request_tensors,
+)
 from dgate.frontend.schemas import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -47,6 +59,9 @@ class ModelNotFound(EngineError):
         self.name = name
 
 
+ProgressCallback = Callable[[float], Awaitable[None]]
+
+
 class ImageEngine(Protocol):
     async def list_pipelines(self) -> list[str]:
         """Names of the loaded, ready pipelines, sorted."""
@@ -56,6 +71,11 @@ class ImageEngine(Protocol):
 
     async def generate(self, name: str, params: GenerationParams) -> np.ndarray:
         """uint8 images [num_images, height, width, 3]."""
+
+    async def generate_video(self, name: str, params: GenerationParams, image: np.ndarray | None,
+                             on_progress: ProgressCallback | None = None) -> np.ndarray:
+        """uint8 frames [num_frames, height, width, 3]; `on_progress(0..1)` after each denoising step.
+        `image`: the conditioning image (uint8 H x W x 3) of an image-to-video pipeline."""
 
     async def ready(self) -> bool:
         """True when the backend is ready and at least one pipeline is loaded."""
@@ -200,6 +220,54 @@ class TritonImageEngine:
         if images is None:
             raise EngineError(f"pipeline '{name}' returned no '{ENSEMBLE_OUTPUT.name}' output")
         return check_images(images, params)
+
+    async def generate_video(self, name: str, params: GenerationParams, image: np.ndarray | None,
+                             on_progress: ProgressCallback | None = None) -> np.ndarray:
+        """Over Triton's gRPC stream: the video denoiser is decoupled and answers each step with
+        `progress`, then with `video` (Triton's HTTP and unary gRPC endpoints refuse decoupled models).
+        Cancelling the awaiting task cancels the stream, and Triton cancels the request."""
+        limits = await self.pipeline_limits(name)
+        values: dict[str, object] = dict(vars(params))
+        if limits.takes_image:
+            if image is None:
+                raise InvalidRequestError(f"{name} makes a video from an image: send input_reference",
+                                          "input_reference")
+            values[CONDITIONING_IMAGE.name] = np.ascontiguousarray(image, dtype=np.uint8)
+        inputs = infer_inputs(grpcclient, values, tensors=request_tensors(limits.task, limits.takes_image))
+        request_id = f"video-{secrets.token_hex(8)}"
+
+        async def requests() -> AsyncIterator[dict]:
+            yield {"model_name": name, "inputs": inputs, "request_id": request_id,
+                   "outputs": [grpcclient.InferRequestedOutput(PROGRESS_OUTPUT.name),
+                               grpcclient.InferRequestedOutput(VIDEO_OUTPUT.name)]}
+
+        video = None
+        stream = self.client.stream_infer(requests())
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                async for result, error in stream:
+                    if error is not None:
+                        raise error
+                    frames = result.as_numpy(VIDEO_OUTPUT.name)
+                    if frames is not None:
+                        video = frames
+                        break
+                    if on_progress is not None:
+                        await on_progress(float(result.as_numpy(PROGRESS_OUTPUT.name)[0]))
+        except InferenceServerException as exc:
+            self._limits.pop(name, None)
+            raise _map_error(exc, name) from exc
+        except TimeoutError as exc:
+            raise EngineTimeout(f"Triton did not finish the video in {self._request_timeout_s:g} s") from exc
+        finally:
+            stream.cancel()  # a no-op after the final response; else Triton cancels the request
+        if video is None:
+            raise EngineError(f"pipeline '{name}' ended the stream without a '{VIDEO_OUTPUT.name}' output")
+        expected = (1, params.num_frames, params.height, params.width, 3)
+        if video.dtype != np.uint8 or video.shape != expected:
+            raise EngineError(f"pipeline returned video {video.dtype}{list(video.shape)}, "
+                              f"expected uint8{list(expected)}")
+        return video[0]
 
     async def check_adapters(self, name: str, lora: str) -> dict:
         await self.pipeline_limits(name)  # ModelNotFound for a name that is not a pipeline

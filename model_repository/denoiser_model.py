@@ -21,11 +21,10 @@ from dgate.core.errors import InvalidRequestError
 from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
 from dgate.core.lora.request import adapters_dir, decode_adapters
-from dgate.core.params import DenoiseParams
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.schedulers import SchedulerFactory
 from dgate.core.tensors import LORA_CHECK_MODEL, LORA_INPUT
-from dgate.model_repository.triton_io import ModelArgs, error_response, input_array, input_scalar
+from dgate.model_repository.triton_io import ModelArgs, denoise_params, error_response, input_array, input_scalar
 
 
 class TritonPythonModel:
@@ -66,18 +65,7 @@ class TritonPythonModel:
 
     def _run(self, request: Any) -> Any:
         try:
-            params = DenoiseParams(
-                num_images=int(input_scalar(request, "num_images")),
-                num_inference_steps=int(input_scalar(request, "num_inference_steps")),
-                guidance_scale=float(input_scalar(request, "guidance_scale")),
-                seed=int(input_scalar(request, "seed")),
-                height=int(input_scalar(request, "height")),
-                width=int(input_scalar(request, "width")),
-                scheduler=str(input_scalar(request, "scheduler")),
-                max_sequence_length=int(input_scalar(request, "max_sequence_length")),
-                true_cfg_scale=float(input_scalar(request, "true_cfg_scale")),
-                negative_prompt=str(input_scalar(request, "negative_prompt")),
-            )
+            params = denoise_params(request)
             self.spec.limits.validate(**vars(params))
             lora = str(input_scalar(request, LORA_INPUT))
             if lora and self.spec.quantization is not None:

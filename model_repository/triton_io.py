@@ -10,6 +10,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from dgate.core.errors import InvalidRequestError
+from dgate.core.params import DenoiseParams
+from dgate.core.tensors import VIDEO_INPUTS
 
 
 class ModelArgs:
@@ -42,3 +44,12 @@ def error_response(error: Exception) -> Any:
     """One failed request, without failing the others in the batch."""
     code = pb_utils.TritonError.INVALID_ARG if isinstance(error, InvalidRequestError) else pb_utils.TritonError.INTERNAL
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error), code))
+
+
+def denoise_params(request: Any, video: bool = False) -> DenoiseParams:
+    """The request's DenoiseParams from the denoiser's inputs (named as the fields)."""
+    names = ["num_images", "num_inference_steps", "guidance_scale", "seed", "height", "width", "scheduler",
+             "max_sequence_length", "true_cfg_scale", "negative_prompt"]
+    if video:
+        names += [t.name for t in VIDEO_INPUTS]
+    return DenoiseParams(**{name: input_scalar(request, name) for name in names})

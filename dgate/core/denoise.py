@@ -19,7 +19,7 @@ from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
 from dgate.core.params import DenoiseParams
 from dgate.core.pipeline_spec import PipelineSpec
-from dgate.core.schedulers import SchedulerFactory, step_kwargs
+from dgate.core.schedulers import SchedulerFactory
 
 ModelInputs = dict[str, np.ndarray]
 Predict = Callable[[ModelInputs], np.ndarray]
@@ -30,16 +30,22 @@ class DenoiseCancelled(RuntimeError):
     """The client went away; stop spending compute on it."""
 
 
-def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFactory, text: TextOutputs
-                  ) -> Steps:
+def request_generator(params: DenoiseParams) -> torch.Generator:
+    """The request's one generator: every random draw of a request comes from it, in diffusers' order."""
+    return torch.Generator("cpu").manual_seed(params.seed)
+
+
+def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFactory, text: TextOutputs,
+                  generator: torch.Generator | None = None) -> Steps:
     """Yield each step's denoiser model inputs, receive its noise_pred; return the final latents
-    [n, C, h, w] (float32, unpacked, before the VAE's scaling)."""
+    [n, C, h, w] (video: [n, C, F, h, w] or [n, F, C, h, w], the family's layout; float32, unpacked,
+    before the VAE's scaling). `generator`: the request's, when conditioning already drew from it."""
     family = family_of(spec)
-    generator = torch.Generator("cpu").manual_seed(params.seed)
+    generator = generator or request_generator(params)
     scheduler = schedulers(params.scheduler)
     family.set_timesteps(scheduler, spec, params)
     latents = family.initial_latents(spec, params, scheduler, generator)
-    extra = step_kwargs(scheduler, generator)
+    extra = family.step_kwargs(scheduler, generator)
     cfg = family.cfg_scale(params)
     inputs = family.conditioning(spec, text, params, cfg is not None)
 
@@ -60,15 +66,22 @@ def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: Schedul
 
 
 def denoise(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFactory, text: TextOutputs,
-            predict: Predict, is_cancelled: Callable[[], bool] = lambda: False) -> np.ndarray:
-    """Run the loop with a blocking model call."""
-    steps = denoise_steps(spec, params, schedulers, text)
+            predict: Predict, is_cancelled: Callable[[], bool] = lambda: False,
+            generator: torch.Generator | None = None, on_step: Callable[[int, int], None] | None = None
+            ) -> np.ndarray:
+    """Run the loop with a blocking model call; `on_step(done, total)` after every step (progress)."""
+    steps = denoise_steps(spec, params, schedulers, text, generator)
+    total, done = params.num_inference_steps, 0
     try:
         inputs = next(steps)
         while True:
             if is_cancelled():
                 raise DenoiseCancelled("request cancelled")
-            inputs = steps.send(predict(inputs))
+            noise_pred = predict(inputs)
+            done += 1
+            if on_step is not None:
+                on_step(done, total)
+            inputs = steps.send(noise_pred)
     except StopIteration as done:
         return done.value
 

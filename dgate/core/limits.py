@@ -13,6 +13,8 @@ from typing import Any
 from dgate.core.errors import InvalidRequestError
 
 MAX_SEED = 2**63 - 1
+MIN_FRAMES = 2  # a video; interpolation needs two frames
+MAX_FPS = 60
 DEFAULT_SCHEDULER = "default"  # the scheduler class the pipeline was saved with
 
 
@@ -48,6 +50,19 @@ class GenerationLimits:
     max_sequence_length: int
     true_cfg: bool  # Flux: `true_cfg_scale` > 1 with a negative prompt runs classifier-free guidance
     precision: str = "fp32"  # the denoiser's: fp32 | fp16 | int8 | fp8 (reported; absent before quantization)
+    # What the pipeline makes: "image", "text-to-video" or "image-to-video" (absent before video).
+    task: str = "image"
+    default_num_frames: int = 0
+    max_num_frames: int = 0
+    default_fps: int = 0
+
+    @property
+    def is_video(self) -> bool:
+        return self.task != "image"
+
+    @property
+    def takes_image(self) -> bool:
+        return self.task == "image-to-video"
 
     def to_parameters(self) -> dict[str, str]:
         return {key: ",".join(value) if isinstance(value, tuple) else str(value) for key, value in asdict(self).items()}
@@ -103,6 +118,11 @@ class GenerationLimits:
         scheduler: str,
         max_sequence_length: int = 0,
         true_cfg_scale: float = 1.0,
+        num_frames: int = 0,
+        fps: int = 0,
+        motion_bucket_id: int = 127,
+        noise_aug_strength: float = 0.02,
+        decode_chunk_size: int = 0,
         **_: Any,
     ) -> None:
         """Raise InvalidRequestError naming the first field that is out of bounds.
@@ -134,3 +154,12 @@ class GenerationLimits:
                 f"{self.family} pipeline uses guidance_scale", "true_cfg_scale",
             )
         _check_range("true_cfg_scale", true_cfg_scale, 0, self.max_guidance_scale)
+        if self.is_video:
+            _check_range("n", num_images, 1, 1)  # one video per request
+            _check_range("num_frames", num_frames, MIN_FRAMES, self.max_num_frames)
+            _check_range("fps", fps, 1, MAX_FPS)
+            _check_range("motion_bucket_id", motion_bucket_id, 0, 1023)
+            _check_range("noise_aug_strength", noise_aug_strength, 0, 1)
+            _check_range("decode_chunk_size", decode_chunk_size, 0, num_frames)
+        elif num_frames:
+            raise InvalidRequestError(f"this {self.family} pipeline makes images, not videos", "model")

@@ -23,9 +23,15 @@ class DenoiseParams:
     max_sequence_length: int  # T5 prompt tokens; 0 = the pipeline's default
     true_cfg_scale: float
     negative_prompt: str
+    # Video pipelines only (0 frames = an image request).
+    num_frames: int = 0
+    fps: int = 0  # frames per second the video is generated for (SVD conditions on it)
+    motion_bucket_id: int = 127  # SVD: more motion as it grows
+    noise_aug_strength: float = 0.02  # SVD: noise added to the conditioning image
+    decode_chunk_size: int = 0  # frames the VAE decodes at once; 0 = the pipeline's default
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GenerationParams(DenoiseParams):
     """One ensemble request; field names are the ENSEMBLE_INPUTS tensor names."""
 

@@ -79,11 +79,16 @@ class PipelineSpec:
     guidance_embeds: bool = False  # Flux "dev": guidance_scale is a model input, not CFG
     patch_size: int = 1
     quantization: Quantization | None = None  # the denoiser's, when served from `dgate calibrate`
+    # Image-to-video (SVD): the CLIP image encoder's input size and embedding width; 0 = none.
+    image_encoder_size: int = 0
+    image_embed_dim: int = 0
     format_version: int = FORMAT_VERSION
 
     @property
     def exported_components(self) -> tuple[str, ...]:
-        return (*(e.component for e in self.text_encoders), self.denoiser_component, "vae_decoder", "vae_encoder")
+        image_encoder = ("image_encoder",) if self.image_encoder_size else ()
+        return (*(e.component for e in self.text_encoders), *image_encoder, self.denoiser_component, "vae_decoder",
+                "vae_encoder")
 
     def text_encoder(self, component: str) -> TextEncoderSpec:
         for encoder in self.text_encoders:

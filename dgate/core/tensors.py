@@ -26,6 +26,7 @@ LATENT_HEIGHT, LATENT_WIDTH = "latent_height", "latent_width"
 IMAGE_TOKENS = "image_tokens"  # packed 2x2 latent patches (Flux)
 TEXT_LENGTH = "text_length"  # the variable-length (T5) prompt tokens
 DENOISER_TEXT_LENGTH = "denoiser_text_length"  # the prompt length the denoiser model sees (SD3: 77 + T5)
+FRAMES = "frames"  # video frames (latent frames = frames)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,18 @@ ENSEMBLE_INPUTS = (
     scalar("lora", "TYPE_STRING"),  # the request's adapters (dgate.core.lora.request); "" = none
 )
 ENSEMBLE_OUTPUT = TensorSpec("images", "TYPE_UINT8", (-1, -1, -1, 3), ("images", HEIGHT, WIDTH))  # N x H x W x RGB
+# Video pipelines take these as well (and i2v pipelines the conditioning image, RGB as decoded).
+VIDEO_INPUTS = (
+    scalar("num_frames", "TYPE_INT32"),
+    scalar("fps", "TYPE_INT32"),
+    scalar("motion_bucket_id", "TYPE_INT32"),  # SVD's motion conditioning
+    scalar("noise_aug_strength", "TYPE_FP32"),  # SVD: noise added to the conditioning image
+    scalar("decode_chunk_size", "TYPE_INT32"),  # frames the VAE decodes at once; 0 = the pipeline's default
+)
+CONDITIONING_IMAGE = TensorSpec("image", "TYPE_UINT8", (-1, -1, 3), ("image_height", "image_width"))
+# A video request streams one response per denoising step (`progress` in 0..1), then the frames.
+VIDEO_OUTPUT = TensorSpec("video", "TYPE_UINT8", (-1, -1, -1, -1, 3), ("videos", FRAMES, HEIGHT, WIDTH))
+PROGRESS_OUTPUT = scalar("progress", "TYPE_FP32")
 # The inputs the tokenizer model takes; the rest go to the denoiser.
 TEXT_INPUTS = ("prompt", "negative_prompt", "max_sequence_length", "lora")
 # The per-row adapters input of the components that take LoRA (text encoders, the denoiser).
@@ -92,31 +105,49 @@ LORA_ROWS = TensorSpec(LORA_INPUT, "TYPE_STRING", (1,))
 # The repository's one adapter-check model (the LoRA API's control path): (pipeline, lora) -> report.
 LORA_CHECK_MODEL = "dgate_lora"
 
+def model_name(pipeline: str, component: str) -> str:
+    """The Triton model serving one component (or step) of a pipeline."""
+    return f"{pipeline}_{component}"
+
+
 # Ensemble config parameter that marks a model as a D-Gate pipeline (what /v1/models lists).
 PIPELINE_MARKER_PARAMETER = "dgate_pipeline"
 
 
-def ensemble_arrays(values: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """One [1]-shaped array per ensemble input, from a mapping of input name -> Python value.
+def request_tensors(task: str, takes_image: bool = False) -> tuple[TensorSpec, ...]:
+    """The ensemble inputs of a pipeline: images, or videos (with the conditioning image for i2v)."""
+    if task == "image":
+        return ENSEMBLE_INPUTS
+    return (*ENSEMBLE_INPUTS, *VIDEO_INPUTS, *((CONDITIONING_IMAGE,) if takes_image else ()))
+
+
+def ensemble_arrays(values: Mapping[str, Any], tensors: tuple[TensorSpec, ...] = ENSEMBLE_INPUTS
+                    ) -> dict[str, np.ndarray]:
+    """One [1]-shaped array per ensemble input (an array input as given), from a mapping of input
+    name -> Python value.
 
     The one place that turns a request into Triton tensors: the frontend, the benchmark and the
     tests all call it (through `infer_inputs` for tritonclient objects).
     """
     arrays: dict[str, np.ndarray] = {}
-    for tensor in ENSEMBLE_INPUTS:
+    for tensor in tensors:
         value = values[tensor.name]
+        if isinstance(value, np.ndarray):
+            arrays[tensor.name] = value.astype(tensor.numpy_dtype, copy=False)
+            continue
         arrays[tensor.name] = np.array([value.encode() if isinstance(value, str) else value], dtype=tensor.numpy_dtype)
     return arrays
 
 
-def infer_inputs(client_module: Any, values: Mapping[str, Any], dtypes: Mapping[str, str] | None = None) -> list[Any]:
+def infer_inputs(client_module: Any, values: Mapping[str, Any], dtypes: Mapping[str, str] | None = None,
+                 tensors: tuple[TensorSpec, ...] = ENSEMBLE_INPUTS) -> list[Any]:
     """tritonclient `InferInput`s (http, grpc or their aio twins: pass the module) for a request.
 
     `dtypes` overrides an input's datatype, to send a wrong one on purpose (tests).
     """
     inputs = []
-    for name, array in ensemble_arrays(values).items():
-        tensor = next(t for t in ENSEMBLE_INPUTS if t.name == name)
+    for name, array in ensemble_arrays(values, tensors).items():
+        tensor = next(t for t in tensors if t.name == name)
         datatype = (dtypes or {}).get(name, tensor.client_dtype)
         if datatype != tensor.client_dtype:
             from tritonclient.utils import triton_to_np_dtype

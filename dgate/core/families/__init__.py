@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from dgate.core.families.animatediff import AnimateDiff
 from dgate.core.families.base import Family
 from dgate.core.families.flux import Flux
 from dgate.core.families.pixart import PixArt
 from dgate.core.families.sd import StableDiffusion
 from dgate.core.families.sd3 import StableDiffusion3
 from dgate.core.families.sdxl import StableDiffusionXL
+from dgate.core.families.svd import StableVideoDiffusion
 from dgate.core.pipeline_spec import PipelineSpec
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (StableDiffusion(), StableDiffusionXL(), PixArt(),
-                                                    StableDiffusion3(), Flux())}
+                                                    StableDiffusion3(), Flux(), AnimateDiff(),
+                                                    StableVideoDiffusion())}
 _BY_PIPELINE = {cls: family for family in FAMILIES.values() for cls in family.pipeline_classes}
 SUPPORTED_PIPELINES = tuple(_BY_PIPELINE)
 

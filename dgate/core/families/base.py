@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,12 +19,14 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from dgate.core.images import to_uint8_images
 from dgate.core.limits import GenerationLimits
 from dgate.core.params import DenoiseParams
 from dgate.core.pipeline_spec import PipelineSpec, TextEncoderSpec
-from dgate.core.schedulers import default_scheduler_name, scheduler_names
+from dgate.core.schedulers import default_scheduler_name, scheduler_names, step_kwargs
 from dgate.core.tensors import (
     DENOISER_TEXT_LENGTH,
+    FRAMES,
     HEIGHT,
     LATENT_HEIGHT,
     LATENT_WIDTH,
@@ -38,7 +42,13 @@ DEFAULT_MAX_GUIDANCE = 50.0
 MAX_T5_TOKENS = 512
 
 # text encoder component -> its outputs for the [negative, prompt] rows: hidden_states, pooled, attention_mask
+# (image-to-video: the image encoder's and VAE encoder's outputs, under their component names)
 TextOutputs = dict[str, dict[str, np.ndarray]]
+# A blocking call of another component model: (component, inputs) -> outputs (BLS in Triton, ORT or
+# PyTorch in tests).
+ComponentCall = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+# Classifier-free guidance: one scale, or one per frame (SVD's ramp), broadcast over the noise.
+Guidance = float | torch.Tensor
 
 
 def per_image(rows: np.ndarray, num_images: int, cfg: bool) -> np.ndarray:
@@ -86,6 +96,8 @@ class Family:
     flow_matching: ClassVar[bool] = False
     scales_model_input: ClassVar[bool] = True  # discrete schedulers rescale the input per sigma
     true_cfg: ClassVar[bool] = False
+    task: ClassVar[str] = "image"  # "image" | "text-to-video" | "image-to-video"
+    vae_encoder_scaled: ClassVar[bool] = True  # the VAE encoder model returns scaled latents (img2img)
     # The TorchScript exporter bakes some traced shapes into constants (Flux's rotary reshape); those
     # denoisers export with torch's dynamo exporter, which keeps the dynamic axes symbolic.
     dynamo_export: ClassVar[bool] = False
@@ -113,6 +125,13 @@ class Family:
         config = getattr(pipe, self.denoiser_component).config
         return int(config.out_channels or config.in_channels)
 
+    def default_guidance_scale(self, defaults: dict[str, Any]) -> float:
+        return float(defaults["guidance_scale"])
+
+    def video_limits(self, pipe: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+        """task, default/max frames and fps of a video family ({} for images)."""
+        return {}
+
     def component_precision(self, pipe: Any, component: str, requested: str) -> str:
         """Per-component precision for a requested one: T5 overflows in FP16 (diffusers keeps it in
         FP32/BF16)."""
@@ -138,7 +157,7 @@ class Family:
         default_scheduler = default_scheduler or default_scheduler_name(scheduler_config, self.flow_matching)
         if default_scheduler not in schedulers:
             raise ValueError(f"default scheduler {default_scheduler!r} is not one of {', '.join(schedulers)}")
-        limits = GenerationLimits(
+        limits: dict[str, Any] = dict(
             family=self.name,
             default_width=default_size,
             default_height=default_size,
@@ -149,7 +168,7 @@ class Family:
             default_steps=default_steps or defaults["num_inference_steps"],
             max_steps=max_steps,
             max_images=DEFAULT_MAX_IMAGES,
-            default_guidance_scale=float(defaults["guidance_scale"]),
+            default_guidance_scale=self.default_guidance_scale(defaults),
             max_guidance_scale=DEFAULT_MAX_GUIDANCE,
             default_scheduler=default_scheduler,
             schedulers=schedulers,
@@ -159,8 +178,8 @@ class Family:
             true_cfg=self.true_cfg,
             precision=self.component_precision(pipe, self.denoiser_component, precision),
         )
-        components = (*(e.component for e in encoders), self.denoiser_component, "vae_decoder", "vae_encoder")
-        return PipelineSpec(
+        limits |= self.video_limits(pipe, defaults)
+        spec = PipelineSpec(
             name=name,
             pipeline_class=type(pipe).__name__,
             family=self.name,
@@ -171,10 +190,11 @@ class Family:
             vae_scaling_factor=float(vae.scaling_factor),
             vae_shift_factor=None if getattr(vae, "shift_factor", None) is None else float(vae.shift_factor),
             text_encoders=encoders,
-            limits=limits,
-            precisions={c: self.component_precision(pipe, c, precision) for c in components},
+            limits=GenerationLimits(**limits),
             **self.spec_facts(pipe),
         )
+        return replace(spec, precisions={c: self.component_precision(pipe, c, precision)
+                                         for c in spec.exported_components})
 
     # --- tensors ----------------------------------------------------------------------------------
     def sample_tensor(self, spec: PipelineSpec) -> TensorSpec:
@@ -194,31 +214,49 @@ class Family:
         if component == spec.denoiser_component:
             return self.denoiser_inputs(spec), self.denoiser_outputs(spec)
         if component == "vae_decoder":
-            return (latent,), (image,)
+            decoder_in, decoder_out = self.decoder_io(spec)
+            return (decoder_in,), (decoder_out,)
         if component == "vae_encoder":
             return (image,), (latent,)
+        if component == "image_encoder":
+            size = spec.image_encoder_size
+            return ((TensorSpec("pixel_values", "TYPE_FP32", (3, size, size)),),
+                    (TensorSpec("image_embeds", "TYPE_FP32", (spec.image_embed_dim,)),))
         encoder = spec.text_encoder(component)
         return encoder.inputs, encoder.outputs
+
+    def decoder_io(self, spec: PipelineSpec) -> tuple[TensorSpec, TensorSpec]:
+        """The VAE decoder's input and output: one latent image per row (a video's frames are rows)."""
+        return (TensorSpec("latent", "TYPE_FP32", (spec.latent_channels, -1, -1), (LATENT_HEIGHT, LATENT_WIDTH)),
+                TensorSpec("image", "TYPE_FP32", (3, -1, -1), (HEIGHT, WIDTH)))
 
     def denoiser_text_length(self, spec: PipelineSpec, t5_length: int) -> int:
         """Prompt tokens the denoiser model sees when T5 is padded to `t5_length`."""
         return t5_length
 
-    def axis_sizes(self, spec: PipelineSpec, height: int, width: int, t5_length: int | None = None
-                   ) -> dict[str, int]:
-        """Concrete sizes of every named dynamic axis for an image of height x width."""
+    def axis_sizes(self, spec: PipelineSpec, height: int, width: int, t5_length: int | None = None,
+                   frames: int | None = None) -> dict[str, int]:
+        """Concrete sizes of every named dynamic axis for an image (or `frames` frames) of height x width."""
         t5_length = t5_length or spec.limits.default_max_sequence_length
         scale = spec.vae_scale_factor
         return {HEIGHT: height, WIDTH: width, LATENT_HEIGHT: height // scale, LATENT_WIDTH: width // scale,
-                TEXT_LENGTH: t5_length, DENOISER_TEXT_LENGTH: self.denoiser_text_length(spec, t5_length)}
+                TEXT_LENGTH: t5_length, DENOISER_TEXT_LENGTH: self.denoiser_text_length(spec, t5_length),
+                FRAMES: frames or spec.limits.default_num_frames}
 
     # --- export -----------------------------------------------------------------------------------
     def denoiser_module(self, pipe: Any, spec: PipelineSpec) -> nn.Module:
         """The UNet/transformer wrapped to take exactly `denoiser_inputs` and return `noise_pred`."""
         raise NotImplementedError
 
+    def decoder_module(self, pipe: Any, spec: PipelineSpec) -> nn.Module | None:
+        """A family's own VAE decoder wrapper (SVD's temporal decoder); None: the 2-D one."""
+        return None
+
+    def image_encoder_module(self, pipe: Any) -> nn.Module:
+        raise NotImplementedError(f"{self.name} has no image encoder")
+
     # --- one request's denoising --------------------------------------------------------------------
-    def cfg_scale(self, params: DenoiseParams) -> float | None:
+    def cfg_scale(self, params: DenoiseParams) -> Guidance | None:
         """The classifier-free guidance scale, or None when the request runs without it."""
         # diffusers: do_classifier_free_guidance = guidance_scale > 1
         return params.guidance_scale if params.guidance_scale > 1.0 else None
@@ -239,3 +277,22 @@ class Family:
 
     def timestep_input(self, t: torch.Tensor, rows: int) -> np.ndarray:
         return np.full((rows, 1), float(t), dtype=np.float32)
+
+    def step_kwargs(self, scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
+        return step_kwargs(scheduler, generator)
+
+    # --- conditioning that needs other models, and decoding (video) -------------------------------
+    def encode_conditioning(self, spec: PipelineSpec, params: DenoiseParams, image: np.ndarray | None,
+                            generator: torch.Generator, call: ComponentCall) -> TextOutputs:
+        """Conditioning computed before the loop from the request's image (image-to-video), drawing
+        from the request's generator in the pipeline's order; {} for text-conditioned families."""
+        return {}
+
+    def decode_chunks(self, spec: PipelineSpec, latents: np.ndarray, params: DenoiseParams
+                      ) -> list[np.ndarray]:
+        """The VAE decoder's inputs, chunk by chunk (bounded memory): the frames of a video."""
+        raise NotImplementedError(f"{self.name} decodes images in the ensemble")
+
+    def frames_from_decoded(self, decoded: list[np.ndarray]) -> np.ndarray:
+        """The VAE decoder's outputs, chunk by chunk ([f, 3, H, W] each) -> uint8 frames [1, F, H, W, 3]."""
+        return to_uint8_images(np.concatenate(decoded))[None]

@@ -84,9 +84,9 @@ class Flux(FlowMatchingFamily):
     def spec_facts(self, pipe: Any) -> dict[str, Any]:
         return {"guidance_embeds": bool(pipe.transformer.config.guidance_embeds), "patch_size": PACK}
 
-    def axis_sizes(self, spec: PipelineSpec, height: int, width: int, t5_length: int | None = None
-                   ) -> dict[str, int]:
-        sizes = super().axis_sizes(spec, height, width, t5_length)
+    def axis_sizes(self, spec: PipelineSpec, height: int, width: int, t5_length: int | None = None,
+                   frames: int | None = None) -> dict[str, int]:
+        sizes = super().axis_sizes(spec, height, width, t5_length, frames)
         factor = spec.vae_scale_factor * PACK
         return sizes | {IMAGE_TOKENS: (height // factor) * (width // factor)}
 

@@ -1,0 +1,82 @@
+"""A video pipeline's denoiser as a decoupled Triton Python model: progress per step, then the frames.
+
+Everything between the text encoders and the frames happens here through BLS (`dgate.core.video`):
+the image encoder and VAE encoder for image-to-video, one UNet call per step (dynamically batched
+with other requests' steps), and the VAE decoder chunk by chunk. The model is decoupled so that it
+can answer each request with one `progress` response per denoising step and a final one carrying
+`video`; the ensemble passes every response on, and clients read them from Triton's gRPC stream.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from dgate.core.errors import InvalidRequestError
+from dgate.core.families import family_of
+from dgate.core.families.base import TextOutputs
+from dgate.core.pipeline_spec import PipelineSpec
+from dgate.core.schedulers import SchedulerFactory
+from dgate.core.tensors import CONDITIONING_IMAGE, LORA_INPUT, PROGRESS_OUTPUT, VIDEO_OUTPUT, model_name
+from dgate.core.video import generate_video
+from dgate.model_repository.triton_io import ModelArgs, denoise_params, error_response, input_array, input_scalar
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        model = ModelArgs(args)
+        self.spec = PipelineSpec.load(model.version_dir / "pipeline.json")
+        self.schedulers = SchedulerFactory(json.loads((model.version_dir / "scheduler_config.json").read_text()))
+        self.family = family_of(self.spec)
+        self.text_inputs = {e.component: [t.name for t in e.outputs] + ["attention_mask"]
+                            for e in self.spec.text_encoders}
+        torch.set_num_threads(1)  # the scheduler math is tiny; the cores belong to the component models
+
+    def _call(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One BLS request to a component model of this pipeline."""
+        input_specs, output_specs = self.family.component_io(self.spec, component)
+        name = model_name(self.spec.name, component)
+        request = pb_utils.InferenceRequest(
+            model_name=name, requested_output_names=[t.name for t in output_specs],
+            inputs=[pb_utils.Tensor(t.name, np.ascontiguousarray(inputs[t.name], dtype=t.numpy_dtype))
+                    for t in input_specs])
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{name}: {response.error().message()}")
+        return {t.name: pb_utils.get_output_tensor_by_name(response, t.name).as_numpy() for t in output_specs}
+
+    def _run(self, request: Any) -> None:
+        sender = request.get_response_sender()
+
+        def progress(done: int, total: int) -> None:
+            value = np.array([min(done, total) / total], dtype=np.float32)
+            sender.send(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(PROGRESS_OUTPUT.name, value)]))
+
+        try:
+            params = denoise_params(request, video=True)
+            self.spec.limits.validate(**vars(params))
+            if str(input_scalar(request, LORA_INPUT)):
+                raise InvalidRequestError(f"{self.spec.name} is served without LoRA support (video pipelines "
+                                          "take no adapters yet)", "lora")
+            image = input_array(request, CONDITIONING_IMAGE.name) if self.spec.limits.takes_image else None
+            text: TextOutputs = {
+                component: {name: input_array(request, f"{component}_{name}") for name in names}
+                for component, names in self.text_inputs.items()
+            }
+            frames = generate_video(self.spec, params, self.schedulers, text, image, self._call,
+                                    is_cancelled=request.is_cancelled, on_step=progress)
+            final = pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(VIDEO_OUTPUT.name, frames),
+                pb_utils.Tensor(PROGRESS_OUTPUT.name, np.array([1.0], dtype=np.float32))])
+            sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as error:
+            sender.send(error_response(error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            self._run(request)
+        return None
