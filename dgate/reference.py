@@ -140,6 +140,8 @@ def diffusers_video(pipe: Any, values: Mapping[str, Any], image: np.ndarray | No
         "decode_chunk_size": values.get("decode_chunk_size") or accepted["decode_chunk_size"].default,
     }
     if "image" in accepted:  # image to video (SVD)
+        if image is None:
+            raise ValueError(f"{type(pipe).__name__} makes video from an image: pass one")
         kwargs |= {"image": Image.fromarray(image), "max_guidance_scale": values["guidance_scale"],
                    "fps": values["fps"], "motion_bucket_id": values["motion_bucket_id"],
                    "noise_aug_strength": values["noise_aug_strength"]}

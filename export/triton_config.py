@@ -55,8 +55,9 @@ class ServingOptions:
 
 
 def takes_lora(spec: PipelineSpec, component: str, options: ServingOptions) -> bool:
-    return options.serves_lora and component in (*(e.component for e in spec.text_encoders),
-                                                  spec.denoiser_component)
+    # Video pipelines take no adapters yet (their denoiser passes no per-row `lora` to the UNet).
+    adaptable = (*(e.component for e in spec.text_encoders), spec.denoiser_component)
+    return options.serves_lora and not spec.limits.is_video and component in adaptable
 
 
 def _add_tensors(field, tensors: tuple[TensorSpec, ...]) -> None:
@@ -198,7 +199,7 @@ def ensemble_config(spec: PipelineSpec, options: ServingOptions | None = None) -
         steps.add(model_name=model_name(spec.name, component), model_version=-1,
                   input_map=inputs, output_map=outputs)
 
-    serves_lora = (options or ServingOptions()).serves_lora
+    serves_lora = (options or ServingOptions()).serves_lora and not video
     if spec.text_encoders:
         step("tokenize", {name: name for name in TEXT_INPUTS},
              {t.name: f"_{t.name}" for t in tokenize_outputs(spec) if serves_lora or t != LORA_PROMPT_ROWS})

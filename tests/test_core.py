@@ -18,10 +18,10 @@ from dgate.core.params import DenoiseParams
 from dgate.core.pipeline_spec import FORMAT_VERSION, PipelineSpec
 from dgate.core.schedulers import SchedulerFactory, build_scheduler, scheduler_names
 from dgate.core.tokenization import PromptTokenizer, save_prompt_tokenizer
-from dgate.reference import diffusers_images, torch_loop_images, torch_text_outputs
+from dgate.reference import diffusers_images, diffusers_video, torch_loop_images, torch_loop_video, torch_text_outputs
 
 FAMILY_OF_TINY = {"tiny-sd": "sd", "tiny-pixart": "pixart", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3",
-                  "tiny-flux": "flux"}
+                  "tiny-flux": "flux", "tiny-animatediff": "animatediff", "tiny-svd": "svd"}
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +247,52 @@ def test_flux_schnell_has_no_guidance_input_and_matches_diffusers(tmp_path: Path
     assert "guidance" not in {t.name for t in family_of(spec).denoiser_inputs(spec)}
     values = _values(height=64, num_inference_steps=2, scheduler="flow_euler")
     np.testing.assert_array_equal(torch_loop_images(pipe, spec, values), diffusers_images(pipe, values))
+
+
+def _video_values(**overrides: object) -> dict:
+    return {"prompt": "a paper boat on a river", "negative_prompt": "", "num_images": 1, "num_inference_steps": 3,
+            "guidance_scale": 7.5, "seed": 5, "height": 48, "width": 64, "scheduler": "default",
+            "max_sequence_length": 0, "true_cfg_scale": 1.0, "num_frames": 5, "fps": 8, "motion_bucket_id": 127,
+            "noise_aug_strength": 0.02, "decode_chunk_size": 0} | overrides
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [("tiny-animatediff", {}), ("tiny-animatediff", {"scheduler": "euler_a", "negative_prompt": "blurry",
+                                                     "decode_chunk_size": 2}),
+     ("tiny-svd", {"guidance_scale": 3.0, "fps": 7}),
+     ("tiny-svd", {"guidance_scale": 2.5, "fps": 12, "motion_bucket_id": 40, "noise_aug_strength": 0.1,
+                   "decode_chunk_size": 2})],
+)
+def test_video_path_with_torch_models_equals_diffusers(pipes: dict, specs: dict, name: str, overrides: dict) -> None:
+    """`generate_video` (what the Triton video denoiser runs) on the PyTorch modules against the pipeline.
+
+    AnimateDiff is bit for bit. SVD: the pipeline normalizes the CLIP input in its feature extractor
+    (transformers, in NumPy), D-Gate inside the exported image encoder (torch): up to 1/255."""
+    values = _video_values(**overrides)
+    image = (np.random.default_rng(3).random((40, 72, 3)) * 255).astype(np.uint8)  # another size than the video's
+    expected = diffusers_video(pipes[name], values, image)
+    served = torch_loop_video(pipes[name], specs[name], values, image)
+    assert served.shape == expected.shape == (1, 5, 48, 64, 3)
+    assert np.abs(served.astype(int) - expected.astype(int)).max() <= (0 if name == "tiny-animatediff" else 1)
+    assert expected.std() > 5
+
+
+def test_video_limits_come_from_the_pipelines(specs: dict) -> None:
+    animatediff, svd = specs["tiny-animatediff"].limits, specs["tiny-svd"].limits
+    assert (animatediff.task, animatediff.default_num_frames, animatediff.max_num_frames) == ("text-to-video", 16, 32)
+    assert animatediff.default_fps == 8 and animatediff.default_scheduler == "ddim"
+    assert (svd.task, svd.default_num_frames, svd.default_fps) == ("image-to-video", 8, 7)  # unet num_frames, fps
+    assert svd.schedulers == ("default",) and svd.default_guidance_scale == 3.0  # max_guidance_scale
+    assert specs["tiny-svd"].exported_components == ("image_encoder", "unet", "vae_decoder", "vae_encoder")
+    good = {"num_images": 1, "num_inference_steps": 2, "guidance_scale": 3.0, "seed": 0, "width": 64, "height": 64,
+            "scheduler": "default", "num_frames": 8, "fps": 7}
+    svd.validate(**good)
+    for bad, param in (({"num_frames": 1}, "num_frames"), ({"num_frames": 33}, "num_frames"), ({"fps": 0}, "fps"),
+                       ({"num_images": 2}, "n"), ({"noise_aug_strength": 1.5}, "noise_aug_strength"),
+                       ({"decode_chunk_size": 9}, "decode_chunk_size"), ({"motion_bucket_id": -1}, "motion_bucket_id")):
+        with pytest.raises(InvalidRequestError) as error:
+            svd.validate(**(good | bad))
+        assert error.value.param == param
+    with pytest.raises(InvalidRequestError, match="makes images, not videos"):
+        specs["tiny-sd"].limits.validate(**(good | {"scheduler": "euler"}))

@@ -18,13 +18,16 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch the hub
 
 from diffusers import (  # noqa: E402
+    AnimateDiffPipeline,
     DiffusionPipeline,
     FluxPipeline,
     PixArtSigmaPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
+    StableVideoDiffusionPipeline,
 )
+from PIL import Image  # noqa: E402
 from transformers import CLIPTokenizer, T5Tokenizer  # noqa: E402
 
 from dgate.cli import main  # noqa: E402
@@ -38,7 +41,11 @@ CLASSES = {
     "tiny-sd3": StableDiffusion3Pipeline,
     "tiny-flux": FluxPipeline,
     "tiny-flux-schnell": FluxPipeline,
+    "tiny-animatediff": AnimateDiffPipeline,
+    "tiny-svd": StableVideoDiffusionPipeline,
 }
+VIDEO_PIPELINES = ("tiny-animatediff", "tiny-svd")
+IMAGE_PIPELINES = tuple(name for name in ALL_TINY_PIPELINES if name not in VIDEO_PIPELINES)
 # Every text encoder / tokenizer pair: (tokenizer folder, pad token) per pipeline.
 TOKENIZERS = {
     "tiny-sd": {"tokenizer": "<|endoftext|>"},
@@ -47,6 +54,8 @@ TOKENIZERS = {
     "tiny-sd3": {"tokenizer": "<|endoftext|>", "tokenizer_2": "!", "tokenizer_3": "<pad>"},
     "tiny-flux": {"tokenizer": "<|endoftext|>", "tokenizer_2": "<pad>"},
     "tiny-flux-schnell": {"tokenizer": "<|endoftext|>", "tokenizer_2": "<pad>"},
+    "tiny-animatediff": {"tokenizer": "<|endoftext|>"},
+    "tiny-svd": {},
 }
 CLIP_FOLDERS = [(name, folder) for name, folders in TOKENIZERS.items() for folder, pad in folders.items()
                 if pad != "<pad>" and name != "tiny-flux-schnell"]
@@ -106,7 +115,7 @@ def _library_warnings() -> Iterator[list[logging.LogRecord]]:
 
 
 def test_builds_every_pipeline(built: dict[str, Path]) -> None:
-    assert TINY_PIPELINES == ("tiny-sd", "tiny-pixart", "tiny-sdxl", "tiny-sd3", "tiny-flux")
+    assert TINY_PIPELINES == ("tiny-sd", "tiny-pixart", "tiny-sdxl", "tiny-sd3", "tiny-flux", *VIDEO_PIPELINES)
     assert ALL_TINY_PIPELINES == (*TINY_PIPELINES, "tiny-flux-schnell")  # schnell: by name only
     assert tuple(built) == ALL_TINY_PIPELINES
     for name, path in built.items():
@@ -204,7 +213,7 @@ def test_flux_config(pipes: dict[str, DiffusionPipeline], name: str) -> None:
         assert not tr.guidance_embeds and not scheduler.use_dynamic_shifting and scheduler.shift == 1.0
 
 
-@pytest.mark.parametrize("name", ALL_TINY_PIPELINES)
+@pytest.mark.parametrize("name", IMAGE_PIPELINES)
 def test_generate_is_seeded(pipes: dict[str, DiffusionPipeline], name: str) -> None:
     first = _generate(pipes[name], 0)
     assert first.shape == (1, 64, 64, 3) and np.isfinite(first).all()
@@ -212,7 +221,7 @@ def test_generate_is_seeded(pipes: dict[str, DiffusionPipeline], name: str) -> N
     assert not np.array_equal(first, _generate(pipes[name], 1))
 
 
-@pytest.mark.parametrize("name", ALL_TINY_PIPELINES)
+@pytest.mark.parametrize("name", IMAGE_PIPELINES)
 def test_short_prompt_no_warnings(pipes: dict[str, DiffusionPipeline], name: str) -> None:
     with _library_warnings() as records:
         image = _generate(pipes[name], 0, steps=2, prompt="A photo of an astronaut riding a horse on the moon")
@@ -221,6 +230,34 @@ def test_short_prompt_no_warnings(pipes: dict[str, DiffusionPipeline], name: str
     with _library_warnings() as records:  # a long prompt does warn: the check above can see warnings
         _generate(pipes[name], 0, steps=1, prompt="word " * 400)
     assert any("truncated" in r.getMessage() for r in records)
+
+
+def _video(pipe: DiffusionPipeline, seed: int) -> np.ndarray:
+    common = {"num_frames": 4, "num_inference_steps": 2, "height": 64, "width": 64, "output_type": "np",
+              "generator": torch.Generator().manual_seed(seed)}
+    if isinstance(pipe, StableVideoDiffusionPipeline):
+        picture = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+        return pipe(picture, **common).frames
+    return pipe("a paper boat on a river", **common).frames
+
+
+@pytest.mark.parametrize("name", VIDEO_PIPELINES)
+def test_video_pipelines_generate_seeded_frames(pipes: dict[str, DiffusionPipeline], name: str) -> None:
+    first = _video(pipes[name], 0)
+    assert first.shape == (1, 4, 64, 64, 3) and np.isfinite(first).all()
+    np.testing.assert_array_equal(first, _video(pipes[name], 0))
+    assert not np.array_equal(first, _video(pipes[name], 1))
+    assert np.abs(np.diff(first[0], axis=0)).max() > 0  # frames differ: a video, not one image repeated
+
+
+def test_video_configs(pipes: dict[str, DiffusionPipeline]) -> None:
+    animatediff, svd = pipes["tiny-animatediff"], pipes["tiny-svd"]
+    assert type(animatediff.unet).__name__ == "UNetMotionModel"  # SD UNet + motion adapter, as saved
+    assert type(animatediff.scheduler).__name__ == "DDIMScheduler" and not animatediff.scheduler.config.clip_sample
+    assert svd.image_encoder.config.image_size == 224  # the pipeline resizes the conditioning image to 224
+    assert svd.unet.config.in_channels == 2 * svd.vae.config.latent_channels  # noise + image latents
+    assert svd.unet.config.projection_class_embeddings_input_dim == 3 * svd.unet.config.addition_time_embed_dim
+    assert svd.scheduler.config.timestep_type == "continuous" and svd.scheduler.config.use_karras_sigmas
 
 
 def test_rebuild_is_byte_identical(built: dict[str, Path], tmp_path: Path) -> None:

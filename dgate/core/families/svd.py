@@ -67,6 +67,8 @@ class ImageEncoderWrapper(nn.Module):
     def __init__(self, image_encoder: nn.Module, mean: list[float], std: list[float]) -> None:
         super().__init__()
         self.image_encoder = image_encoder
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1))
 
