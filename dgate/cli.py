@@ -124,6 +124,12 @@ def cmd_bench_lora(args: argparse.Namespace) -> int:
     return run_lora_bench(args)
 
 
+def cmd_bench_video(args: argparse.Namespace) -> int:
+    from dgate.bench.video_bench import run_video_bench
+
+    return run_video_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgate", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -196,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench_lora.add_argument("--rounds", type=int, default=20, help="switches measured per adapter")
     bench_lora.add_argument("--reloads", type=int, default=5)
     bench_lora.set_defaults(func=cmd_bench_lora)
+
+    bench_video = sub.add_parser("bench-video", help="video: served frames/s vs the diffusers pipeline in process")
+    bench_video.add_argument("--model-repository", type=Path, default=Path("build/model_repository"))
+    bench_video.add_argument("--model", type=Path, action="append", required=True,
+                             help="a video pipeline's diffusers directory, exported into the repository; repeat")
+    bench_video.add_argument("--frames", type=int, default=8)
+    bench_video.add_argument("--steps", type=int, default=4)
+    bench_video.add_argument("--size", type=int, default=64)
+    bench_video.add_argument("--requests", type=int, default=4, help="videos per row")
+    bench_video.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
+    bench_video.set_defaults(func=cmd_bench_video)
 
     bench = sub.add_parser("bench", help="throughput/latency: frontend vs Triton vs in-process diffusers")
     bench.add_argument("--model-repository", type=Path, default=Path("build/model_repository"))
