@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 MODELS ?= build/models
 REPOSITORY ?= build/model_repository
-TINY ?= tiny-sd tiny-pixart tiny-sdxl tiny-sd3 tiny-flux
+TINY ?= tiny-sd tiny-pixart tiny-sdxl tiny-sd3 tiny-flux tiny-animatediff tiny-svd
 
 .PHONY: install test test-fast serve lint typecheck bench clean
 
@@ -43,7 +43,7 @@ test: install postgres
 	PYTHON=$(BIN)/python .ci/typecheck
 	$(BIN)/python -m pytest -v -rA
 
-test-fast: install
+test-fast: install postgres
 	$(BIN)/python -m pytest -m "not slow"
 
 $(REPOSITORY)/.exported: $(VENV)/.installed

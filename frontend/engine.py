@@ -84,15 +84,18 @@ class ImageEngine(Protocol):
         """The pipeline's report on the adapters in `lora`; InvalidRequestError if one does not fit."""
 
 
-async def resolve_model(engine: ImageEngine, requested: str | None, default: str | None) -> str:
-    """The pipeline to use: the request's, else the configured default, else the first one loaded."""
-    name = requested or default
-    if name:
-        return name
-    names = await engine.list_pipelines()
-    if not names:
-        raise ServiceUnavailable("no pipeline is loaded in Triton yet")
-    return names[0]
+async def resolve_model(engine: ImageEngine, requested: str | None, default: str | None, *,
+                        video: bool = False) -> str:
+    """The pipeline to use: the request's, else the configured default when it makes what is asked
+    (images or videos), else the first such pipeline loaded."""
+    if requested:
+        return requested
+    if default and (await engine.pipeline_limits(default)).is_video == video:
+        return default
+    for name in await engine.list_pipelines():
+        if (await engine.pipeline_limits(name)).is_video == video:  # cached by the engine
+            return name
+    raise ServiceUnavailable(f"no {'video' if video else 'image'} pipeline is loaded in Triton yet")
 
 
 def check_images(images: np.ndarray, params: GenerationParams) -> np.ndarray:

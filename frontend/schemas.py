@@ -215,6 +215,10 @@ class ModelObject(BaseModel):
     max_sequence_length: int | None = None
     true_cfg: bool | None = Field(None, description="accepts true_cfg_scale (Flux)")
     precision: str | None = Field(None, description="the denoiser's precision: fp32, fp16, int8 or fp8")
+    task: str | None = Field(None, description="image, text-to-video or image-to-video")
+    default_num_frames: int | None = Field(None, description="video: frames when neither seconds nor num_frames")
+    max_num_frames: int | None = None
+    default_fps: int | None = None
 
     @classmethod
     def from_limits(cls, model_id: str, created: int, limits: GenerationLimits) -> ModelObject:
@@ -228,6 +232,9 @@ class ModelObject(BaseModel):
             default_scheduler=limits.default_scheduler, schedulers=list(limits.schedulers),
             default_max_sequence_length=limits.default_max_sequence_length,
             max_sequence_length=limits.max_sequence_length, true_cfg=limits.true_cfg, precision=limits.precision,
+            task=limits.task, **({"default_num_frames": limits.default_num_frames,
+                                  "max_num_frames": limits.max_num_frames, "default_fps": limits.default_fps}
+                                 if limits.is_video else {}),
         )
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from fastapi import APIRouter, Request
 
+from dgate.core.errors import InvalidRequestError
 from dgate.frontend.engine import resolve_model
 from dgate.frontend.image_store import encode_batch, to_base64
 from dgate.frontend.schemas import ImageData, ImageGenerationRequest, ImagesResponse
@@ -20,6 +21,8 @@ router = APIRouter(tags=["images"])
 async def create_image(body: ImageGenerationRequest, request: Request, state: State) -> ImagesResponse:
     model = await resolve_model(state.engine, body.model, state.settings.default_model)
     limits = await state.engine.pipeline_limits(model)
+    if limits.is_video:
+        raise InvalidRequestError(f"{model} makes videos: ask /v1/videos for them", "model")
     params = body.to_params(limits, max_prompt_chars=state.settings.max_prompt_chars)
     params = replace(params, lora=state.loras.request_lora(model, body.lora, body.lora_scale))
     images = await state.engine.generate(model, params)
