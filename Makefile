@@ -8,7 +8,10 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 MODELS ?= build/models
 REPOSITORY ?= build/model_repository
-TINY ?= tiny-sd tiny-pixart tiny-sdxl tiny-sd3 tiny-flux tiny-animatediff tiny-svd
+TINY ?= tiny-sd tiny-pixart tiny-sdxl tiny-sd3 tiny-flux
+# Video: 10 steps by default instead of the pipelines' 50/25, so that the README's 4-second clip
+# (32 frames) takes seconds on a CPU; a request's num_inference_steps still goes up to 100.
+TINY_VIDEO ?= tiny-animatediff tiny-svd
 
 .PHONY: install test test-fast serve lint typecheck bench clean
 
@@ -49,6 +52,7 @@ test-fast: install postgres
 $(REPOSITORY)/.exported: $(VENV)/.installed
 	$(BIN)/dgate tiny --out $(MODELS)
 	$(BIN)/dgate export $(foreach m,$(TINY),--model $(MODELS)/$(m)) --out $(REPOSITORY)
+	$(BIN)/dgate export $(foreach m,$(TINY_VIDEO),--model $(MODELS)/$(m)) --default-steps 10 --out $(REPOSITORY)
 	touch $@
 
 serve: $(REPOSITORY)/.exported

@@ -42,6 +42,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     options = ServingOptions(
         triton_backend=args.triton_backend, engine=args.backend, device=args.device,
         denoiser_instances=args.denoiser_instances, component_instances=args.component_instances,
+        video_denoiser_instances=args.video_denoiser_instances,
         max_queue_delay_us=args.max_queue_delay_us, onnx_threads=args.onnx_threads, lora=args.lora,
     )
     if args.name and len(args.name) != len(args.model):
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="instance kind of native models")
     export.add_argument("--denoiser-instances", type=int, default=2,
                         help="scheduler-loop instances = requests in flight per pipeline (~250 MB each)")
+    export.add_argument("--video-denoiser-instances", type=int, default=1,
+                        help="video loops in flight per video pipeline (each runs one request's steps)")
     export.add_argument("--component-instances", type=int, default=1)
     export.add_argument("--max-queue-delay-us", type=int, default=100)
     export.add_argument("--onnx-threads", type=int, default=0)
