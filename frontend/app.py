@@ -10,6 +10,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from dgate.frontend.assets import AssetStore
 from dgate.frontend.engine import ImageEngine, TritonImageEngine
 from dgate.frontend.errors import install_exception_handlers
 from dgate.frontend.image_store import ImageStore
@@ -17,13 +18,17 @@ from dgate.frontend.logs import configure_logging
 from dgate.frontend.lora_registry import LoraRegistry
 from dgate.frontend.metrics import Metrics
 from dgate.frontend.middleware import RequestMiddleware
-from dgate.frontend.routers import files, health, images, loras, models
+from dgate.frontend.routers import files, health, images, loras, models, videos
 from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.state import AppState
+from dgate.frontend.video.service import VideoService
 
 
 def create_app(settings: FrontendSettings | None = None, engine: ImageEngine | None = None) -> FastAPI:
-    """Build the app; `engine` is injected by tests, else a Triton engine is made from `settings`."""
+    """Build the app; `engine` is injected by tests, else a Triton engine is made from `settings`.
+
+    The video job store (`settings.jobs_db`) opens and the video workers start in the lifespan, so
+    serve the app with lifespan events on (uvicorn's default)."""
     settings = settings or FrontendSettings()
     triton = None
     if engine is None:
@@ -34,29 +39,39 @@ def create_app(settings: FrontendSettings | None = None, engine: ImageEngine | N
         )
         engine = triton
 
+    metrics = Metrics()
+    assets = AssetStore(Path(settings.assets_dir))
+    store = ImageStore(assets, settings.url_ttl_s, int(settings.url_store_max_mb * 2**20))
+    video_service = VideoService(settings, engine, assets, store, metrics)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        if triton is not None:  # an injected engine belongs to its caller
-            await triton.close()
+        await video_service.open()  # the job store, recovery of lost jobs, the video workers
+        try:
+            yield
+        finally:
+            await video_service.close()
+            if triton is not None:  # an injected engine belongs to its caller
+                await triton.close()
 
     app = FastAPI(
         title="D-Gate",
-        summary="OpenAI-compatible image generation over NVIDIA Triton Inference Server",
+        summary="OpenAI-compatible image and video generation over NVIDIA Triton Inference Server",
         lifespan=lifespan,
     )
-    metrics = Metrics()
     app.state.dgate = AppState(
         settings=settings,
         engine=engine,
-        store=ImageStore(settings.url_ttl_s, int(settings.url_store_max_mb * 2**20)),
+        store=store,
         metrics=metrics,
         started=int(time.time()),
         loras=LoraRegistry(Path(settings.lora_dir)),
+        assets=assets,
+        videos=video_service,
     )
     install_exception_handlers(app, retry_after_s=settings.retry_after_s)
     app.add_middleware(RequestMiddleware, metrics=metrics)
-    for module in (images, models, files, health, loras):
+    for module in (images, videos, models, files, health, loras):
         app.include_router(module.router)
     return app
 

@@ -1,8 +1,9 @@
-"""Image encoding (Pillow) and the short-lived in-memory store behind `response_format="url"`.
+"""Image encoding (Pillow) and the short-lived store behind `response_format="url"`.
 
-The store lives in process memory: `url` images are a convenience for clients that cannot take
-base64, they expire after `ttl_s`, and a memory cap evicts the oldest first. A frontend replica
-serves only the links it issued, so behind a load balancer use sticky sessions or `b64_json`.
+The `url` images are files `img_<hex>.<fmt>` in the shared assets directory (`DGATE_ASSETS_DIR`),
+so any replica behind a load balancer serves any link. A file's expiry is its write time (its mtime,
+which every replica can read) plus `ttl_s`; expired files are deleted when seen. The byte cap
+applies to the files this replica wrote (other replicas' files are theirs to cap), oldest first.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -18,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from dgate.frontend.assets import AssetStore
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,11 @@ def to_base64(blobs: list[bytes]) -> list[str]:
     return [base64.b64encode(blob).decode("ascii") for blob in blobs]
 
 
+_IMAGE_ID = re.compile(r"img_[0-9a-f]{32}")
+# Expired files of any replica are looked for at most this often (a directory scan).
+COLLECT_EVERY_S = 60.0
+
+
 @dataclass(frozen=True)
 class StoredImage:
     data: bytes
@@ -52,38 +62,87 @@ class StoredImage:
 
 
 class ImageStore:
-    """Images by unguessable id until they expire; only touched from the event loop (no locking)."""
+    """`url` images by unguessable id until they expire (see the module docstring).
 
-    def __init__(self, ttl_s: float, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+    `put` runs on the event loop (small files); `get` and `collect` may run in threads.
+    """
+
+    def __init__(self, assets: AssetStore, ttl_s: float, max_bytes: int,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._assets = assets
         self._ttl_s = ttl_s
         self._max_bytes = max_bytes
-        self._clock = clock
-        self._items: OrderedDict[str, StoredImage] = OrderedDict()  # insertion order == expiry order
+        self._clock = clock  # wall-clock: expiry is compared with file mtimes, shared across replicas
+        self._mine: OrderedDict[str, int] = OrderedDict()  # file name -> bytes, in write order
         self._bytes = 0
+        self._collected_at = float("-inf")
 
     def put(self, data: bytes, fmt: str) -> str:
+        now = self._clock()
+        if now - self._collected_at >= COLLECT_EVERY_S:
+            self.collect()
         self._evict(incoming=len(data))
         image_id = f"img_{secrets.token_hex(16)}"
-        self._items[image_id] = StoredImage(data, CONTENT_TYPES[fmt], self._clock() + self._ttl_s)
+        name = f"{image_id}.{fmt}"
+        path = self._assets.write(name, data)
+        os.utime(path, (now, now))  # the expiry clock is this store's (a fake one in tests)
+        self._mine[name] = len(data)
         self._bytes += len(data)
         return image_id
 
     def get(self, image_id: str) -> StoredImage | None:
-        self._evict()
-        return self._items.get(image_id)
+        """The image, or None if the id is unknown, malformed or expired (then the file goes)."""
+        if not _IMAGE_ID.fullmatch(image_id):
+            return None
+        for fmt, content_type in CONTENT_TYPES.items():
+            name = f"{image_id}.{fmt}"
+            path = self._assets.path(name)
+            if path is None:
+                continue
+            try:
+                expires_at = path.stat().st_mtime + self._ttl_s
+                if expires_at <= self._clock():
+                    self._assets.delete(name)
+                    return None
+                return StoredImage(path.read_bytes(), content_type, expires_at)
+            except FileNotFoundError:  # collected by another replica meanwhile
+                return None
+        return None
 
     def remaining_s(self, item: StoredImage) -> float:
         return max(0.0, item.expires_at - self._clock())
 
-    def _evict(self, incoming: int = 0) -> None:
+    def collect(self) -> int:
+        """Delete every expired `url` image in the directory (any replica's); returns how many."""
+        self._collected_at = now = self._clock()
+        removed = 0
+        for path in self._assets.root.glob("img_*"):
+            try:
+                if path.stat().st_mtime + self._ttl_s <= now:
+                    self._assets.delete(path.name)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def _evict(self, incoming: int) -> None:
+        """Forget this replica's expired files and drop its oldest ones past the byte cap."""
         now = self._clock()
-        while self._items:
-            oldest_id, oldest = next(iter(self._items.items()))
-            if oldest.expires_at > now and self._bytes + incoming <= self._max_bytes:
+        while self._mine:
+            oldest, size = next(iter(self._mine.items()))
+            path = self._assets.path(oldest)
+            expired = path is None or _mtime(path) + self._ttl_s <= now
+            if not expired and self._bytes + incoming <= self._max_bytes:
                 break
-            if oldest.expires_at > now:
-                logger.warning(
-                    "url image store full (%d bytes): dropping %s early", self._max_bytes, oldest_id
-                )
-            del self._items[oldest_id]
-            self._bytes -= len(oldest.data)
+            if not expired:
+                logger.warning("url image store full (%d bytes): dropping %s early", self._max_bytes, oldest)
+            self._assets.delete(oldest)
+            del self._mine[oldest]
+            self._bytes -= size
+
+
+def _mtime(path: os.PathLike[str]) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return float("-inf")

@@ -40,6 +40,10 @@ class Metrics:
         self.images = Counter(
             "dgate_frontend_images_generated", "Images returned to clients", ["model"], registry=self.registry
         )
+        self.video_jobs = Counter(
+            "dgate_frontend_video_jobs", "Video jobs this replica finished", ["model", "status"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "dgate_frontend_requests_in_flight", "HTTP requests being answered", registry=self.registry
         )

@@ -7,6 +7,10 @@ Triton is reached over gRPC (`tritonclient.grpc.aio`), not HTTP:
 - failures carry a status code (UNAVAILABLE, NOT_FOUND, DEADLINE_EXCEEDED) that the engine maps to
   typed errors, instead of parsing HTTP bodies;
 - tritonclient raises the gRPC message limit to 2 GiB, so a batch of large images fits in one reply.
+
+Videos API jobs are durable: they live in `jobs_db` (a SQLite file, or PostgreSQL that several
+replicas share) and their files in `assets_dir` (a volume every replica mounts), so any replica can
+answer for any job and a restarted frontend finishes what was queued.
 """
 
 from __future__ import annotations
@@ -27,9 +31,29 @@ class FrontendSettings(BaseSettings):
     request_timeout_s: float = Field(300.0, gt=0, description="deadline of one generation request in Triton")
     metadata_timeout_s: float = Field(5.0, gt=0, description="deadline of Triton health/config calls")
     url_ttl_s: float = Field(3600.0, gt=0, description="how long images returned as `url` stay fetchable")
-    url_store_max_mb: float = Field(512.0, gt=0, description="memory cap of `url` images; oldest go first")
+    url_store_max_mb: float = Field(512.0, gt=0, description="disk cap of the `url` images this replica "
+                                    "wrote; its oldest go first")
     max_prompt_chars: int = Field(4000, ge=1)
     public_base_url: str | None = Field(None, description="absolute base of `url` links; else the request's")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 answers")
     log_level: str = "INFO"
     lora_dir: str = Field("build/loras", description="the adapters directory (DGATE_LORA_DIR); Triton reads the same")
+    # Videos API (durable jobs + a worker pool).
+    jobs_db: str = Field("sqlite://build/jobs/jobs.db", description="job store URL: sqlite://relative/path.db, "
+                         "sqlite:///absolute/path.db or postgresql://user@host:port/db (shared by replicas)")
+    assets_dir: str = Field("build/assets", description="video files and `url` images; a volume every "
+                            "replica mounts")
+    video_workers: int = Field(2, ge=0, description="video jobs this replica runs at once (0: create and serve "
+                               "jobs, run none)")
+    job_lease_s: float = Field(30.0, gt=0, description="a running job returns to the queue this long after its "
+                               "worker stops renewing it (a crashed replica)")
+    video_max_attempts: int = Field(2, ge=1, description="claims of one job before it fails as `interrupted`")
+    video_ttl_s: int = Field(86400, ge=1, description="how long a finished job and its files are kept")
+    poll_after_ms: int = Field(500, ge=1, description="`openai-poll-after-ms` sent while a job runs")
+    video_idle_poll_s: float = Field(1.0, gt=0, description="how often an idle worker looks for jobs other "
+                                     "replicas queued")
+    video_maintenance_s: float = Field(5.0, gt=0, description="how often lost jobs are requeued and expired "
+                                       "ones collected")
+    max_upload_mb: float = Field(20.0, gt=0, description="largest `input_reference` upload")
+    max_input_pixels: int = Field(4096 * 4096, ge=1, description="largest `input_reference` in pixels, read "
+                                  "from the header before decoding")

@@ -7,11 +7,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from dgate.frontend.assets import AssetStore
 from dgate.frontend.engine import ImageEngine
 from dgate.frontend.image_store import ImageStore
 from dgate.frontend.lora_registry import LoraRegistry
 from dgate.frontend.metrics import Metrics
 from dgate.frontend.settings import FrontendSettings
+from dgate.frontend.video.service import VideoService
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class AppState:
     metrics: Metrics
     started: int  # unix time; the `created` of model objects (Triton does not report load times)
     loras: LoraRegistry
+    assets: AssetStore  # the shared directory of video files and `url` images
+    videos: VideoService
 
 
 def app_state(request: Request) -> AppState:

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
+from dgate.frontend.assets import AssetStore
 from dgate.frontend.engine import (
     EngineError,
     EngineTimeout,
@@ -959,18 +961,27 @@ def test_triton_engine_sends_every_ensemble_input_with_its_dtype() -> None:
 # --- the url image store -----------------------------------------------------------------------------------
 
 
-def test_image_store_expiry_and_memory_cap() -> None:
-    now = [0.0]
-    store = ImageStore(ttl_s=10, max_bytes=10, clock=lambda: now[0])
+def test_image_store_expiry_and_byte_cap(tmp_path: Path) -> None:
+    """Files in the shared assets directory: expiry from the file's mtime (any replica can read it), the
+    byte cap over this replica's files, and a second store on the same directory (another replica)."""
+    now = [1000.0]
+    assets = AssetStore(tmp_path)
+    store = ImageStore(assets, ttl_s=10, max_bytes=10, clock=lambda: now[0])
+    other_replica = ImageStore(assets, ttl_s=10, max_bytes=10, clock=lambda: now[0])
     first = store.put(b"aaaa", "png")
     second = store.put(b"bbbb", "jpeg")
     assert store.get(first).data == b"aaaa" and store.get(second).content_type == "image/jpeg"
+    assert other_replica.get(second).data == b"bbbb"
+    assert (tmp_path / f"{first}.png").is_file()
     third = store.put(b"cccc", "webp")  # 12 bytes > cap: the oldest goes
     assert store.get(first) is None and store.get(third).data == b"cccc"
-    now[0] = 9.9
+    assert not (tmp_path / f"{first}.png").exists()
+    assert store.get("img_../../etc") is None and store.get("video_0123") is None
+    now[0] = 1009.9
     assert store.remaining_s(store.get(second)) == pytest.approx(0.1)
-    now[0] = 10.0
-    assert store.get(second) is None and store.get(third) is None
+    now[0] = 1010.0
+    assert other_replica.get(second) is None and not (tmp_path / f"{second}.jpeg").exists()
+    assert other_replica.collect() == 1 and sorted(tmp_path.iterdir()) == []  # the third, expired
 
 
 def test_curl_d_json_bodies_are_read_as_json(base_url: str) -> None:

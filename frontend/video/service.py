@@ -1,0 +1,175 @@
+"""What the Videos API routes ask for: queue, remix, read, list and delete jobs, and find their files.
+
+One `VideoService` per app. `open()` (in the app's lifespan) opens the job store, runs recovery once
+(jobs left running by a previous process go back to the queue) and starts the worker pool;
+`close()` stops the workers and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from dgate.core.limits import GenerationLimits, check_prompt
+from dgate.core.params import GenerationParams
+from dgate.frontend.assets import AssetStore
+from dgate.frontend.engine import ImageEngine, ModelNotFound, ServiceUnavailable, resolve_model
+from dgate.frontend.errors import OpenAIError
+from dgate.frontend.image_store import ImageStore, encode_image
+from dgate.frontend.jobs import JobStore, VideoJob, new_job_id, open_job_store
+from dgate.frontend.jobs.store import ListOrder
+from dgate.frontend.metrics import Metrics
+from dgate.frontend.settings import FrontendSettings
+from dgate.frontend.video.jobs import JobRunner, WorkerPool, asset_names, delete_assets
+from dgate.frontend.video.schemas import (
+    Variant,
+    VideoCreateRequest,
+    check_prompt_length,
+    clip_seconds,
+    job_params,
+    job_request,
+)
+from dgate.frontend.video.uploads import decode_reference
+
+logger = logging.getLogger(__name__)
+
+
+def not_found(video_id: str) -> OpenAIError:
+    return OpenAIError(404, f"No video with id '{video_id}' (it may have expired or been deleted)",
+                       param="video_id", code="video_not_found")
+
+
+async def resolve_video_model(engine: ImageEngine, requested: str | None,
+                              default: str | None) -> tuple[str, GenerationLimits]:
+    """`resolve_model`'s choice for videos, with its limits. A requested model that does not exist is a
+    400 here (the request's field is wrong), not the 404 of a missing resource."""
+    try:
+        name = await resolve_model(engine, requested, default, video=True)
+        return name, await engine.pipeline_limits(name)
+    except ModelNotFound as exc:
+        if requested:
+            raise OpenAIError(400, exc.message, param="model", code="model_not_found") from exc
+        raise
+
+
+def _reference_png(data: bytes, max_pixels: int) -> bytes:
+    """Checked, decoded and stored as PNG: the worker (maybe another replica's) reads one known format."""
+    return encode_image(decode_reference(data, max_pixels=max_pixels), "png")
+
+
+class VideoService:
+    def __init__(self, settings: FrontendSettings, engine: ImageEngine, assets: AssetStore,
+                 images: ImageStore | None = None, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._settings, self._engine, self._assets = settings, engine, assets
+        self._images, self._metrics, self._clock = images, metrics, clock
+        self._store: JobStore | None = None
+        self._pool: WorkerPool | None = None
+
+    @property
+    def store(self) -> JobStore:
+        if self._store is None:
+            raise ServiceUnavailable("the video job store is not open (the app is starting or stopping)")
+        return self._store
+
+    async def open(self) -> None:
+        self._store = await open_job_store(self._settings.jobs_db)
+        runner = JobRunner(self._store, self._engine, self._assets, self._settings, self._metrics, self._clock)
+        self._pool = WorkerPool(self._store, runner, self._assets, self._settings, self._images, self._clock)
+        await self._pool.maintain()  # what a previous process left running is requeued now, not in 5 s
+        self._pool.start()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.stop()
+            self._pool = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    # -- creating jobs ------------------------------------------------------------------------------
+
+    async def create(self, body: VideoCreateRequest, reference: bytes | None) -> VideoJob:
+        model, limits = await resolve_video_model(self._engine, body.model, self._settings.default_model)
+        params, interpolate = body.to_params(limits, model=model, has_reference=reference is not None,
+                                             max_prompt_chars=self._settings.max_prompt_chars)
+        input_png = None
+        if reference is not None:
+            input_png = await asyncio.to_thread(_reference_png, reference, self._settings.max_input_pixels)
+        return await self._enqueue(model, params, interpolate, input_png)
+
+    async def remix(self, video_id: str, prompt: str) -> VideoJob:
+        """A new job with the source's request (seed included) and a new prompt."""
+        source = await self.get(video_id)
+        params, interpolate, input_asset = job_params(source.request)
+        if input_asset is None:  # text-to-video: the prompt is what the video shows
+            check_prompt(prompt)
+        check_prompt_length(prompt, self._settings.max_prompt_chars)
+        input_png = None
+        if input_asset is not None:
+            input_png = await asyncio.to_thread(self._assets.read, input_asset)
+            if input_png is None:
+                raise OpenAIError(400, f"the input image of '{video_id}' is gone: it cannot be remixed",
+                                  param="video_id", code="video_not_remixable")
+        return await self._enqueue(source.model, replace(params, prompt=prompt), interpolate, input_png,
+                                   remixed_from=source.id)
+
+    async def _enqueue(self, model: str, params: GenerationParams, interpolate: int, input_png: bytes | None,
+                       remixed_from: str | None = None) -> VideoJob:
+        job_id = new_job_id()
+        input_asset = None
+        if input_png is not None:  # written first: a worker never claims a job without its image
+            input_asset = asset_names(job_id)["input"]
+            await asyncio.to_thread(self._assets.write, input_asset, input_png)
+        job = VideoJob(
+            id=job_id, model=model, prompt=params.prompt, seconds=clip_seconds(params.num_frames, params.fps),
+            size=f"{params.width}x{params.height}", created_at=int(self._clock()),
+            request=job_request(params, interpolate, input_asset), remixed_from_video_id=remixed_from,
+        )
+        try:
+            await self.store.create(job)
+        except BaseException:
+            if input_asset is not None:
+                await asyncio.to_thread(self._assets.delete, input_asset)
+            raise
+        if self._pool is not None:
+            self._pool.wake()
+        return job
+
+    # -- reading and deleting -----------------------------------------------------------------------
+
+    async def get(self, video_id: str) -> VideoJob:
+        job = await self.store.get(video_id)
+        if job is None:
+            raise not_found(video_id)
+        return job
+
+    async def page(self, *, after: str | None, limit: int, order: ListOrder) -> tuple[list[VideoJob], bool]:
+        try:
+            return await self.store.list(after=after, limit=limit, order=order)
+        except ValueError as exc:
+            raise OpenAIError(400, str(exc), param="after", code="invalid_value") from exc
+
+    async def delete(self, video_id: str) -> VideoJob:
+        """Removes the job and its files; a worker running it stops at its next progress report."""
+        job = await self.store.delete(video_id)
+        if job is None:
+            raise not_found(video_id)
+        await asyncio.to_thread(delete_assets, self._assets, job.id)
+        return job
+
+    async def content(self, video_id: str, variant: Variant) -> Path:
+        job = await self.get(video_id)
+        if job.status != "completed":
+            raise OpenAIError(400, f"video '{video_id}' is {job.status}; its content is ready once it is "
+                              "completed", param="video_id", code="video_not_ready")
+        name = job.assets.get(variant)
+        path = None if name is None else await asyncio.to_thread(self._assets.path, name)
+        if path is None:
+            raise OpenAIError(404, f"the {variant} of '{video_id}' is gone (expired or deleted)",
+                              param="video_id", code="video_not_found")
+        return path
