@@ -15,8 +15,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # One adapters directory for the session, set before tritonserver starts so its models read it too.
 os.environ.setdefault("DGATE_LORA_DIR", tempfile.mkdtemp(prefix="dgate-loras-"))
+# Video jobs and url images of every frontend a test starts with default settings: never the repo's
+# build/ (a local `make serve` keeps its own jobs there).
+_STATE = tempfile.mkdtemp(prefix="dgate-frontend-state-")
+os.environ.setdefault("DGATE_JOBS_DB", f"sqlite://{_STATE}/jobs.db")
+os.environ.setdefault("DGATE_ASSETS_DIR", f"{_STATE}/assets")
 
-pytest_plugins = ["frontend_fixtures"]
+pytest_plugins = ["frontend_fixtures", "postgres_server"]
 
 
 @pytest.fixture(scope="session")

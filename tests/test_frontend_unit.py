@@ -25,6 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
+from dgate.core.tensors import ENSEMBLE_INPUTS
 from dgate.frontend.assets import AssetStore
 from dgate.frontend.engine import (
     EngineError,
@@ -396,6 +397,7 @@ def test_ignored_openai_fields_are_accepted_and_identifier_echoed(client: OpenAI
 MODEL_FIELDS = {
     "tiny-flux": {
         "family": "flux",
+        "task": "image",
         "default_size": "64x64",
         "max_size": "128x128",
         "min_size": 32,
@@ -414,6 +416,7 @@ MODEL_FIELDS = {
     },
     "tiny-pixart": {
         "family": "pixart",
+        "task": "image",
         "default_size": "32x32",
         "max_size": "128x128",
         "min_size": 32,
@@ -432,6 +435,7 @@ MODEL_FIELDS = {
     },
     "tiny-sd": {
         "family": "sd",
+        "task": "image",
         "default_size": "64x48",
         "max_size": "256x256",
         "min_size": 32,
@@ -939,7 +943,7 @@ def test_triton_engine_sends_every_ensemble_input_with_its_dtype() -> None:
     engine._client = StubClient()  # type: ignore[assignment]
     images = asyncio.run(engine.generate("tiny-flux", params))
     np.testing.assert_array_equal(images, fake_images(params))
-    assert set(sent) == set(vars(params))
+    assert set(sent) == {t.name for t in ENSEMBLE_INPUTS}  # an image request: no video inputs
     assert {name: (dtype, shape) for name, (dtype, shape, _) in sent.items()} == {
         "prompt": ("BYTES", [1]),
         "negative_prompt": ("BYTES", [1]),

@@ -12,15 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import postgres_server
 import pytest
 
 from dgate.frontend.assets import AssetStore
 from dgate.frontend.jobs import JobStore, VideoJob, new_job_id, open_job_store
 from dgate.frontend.jobs.store import INTERRUPTED
 
-postgres_url = postgres_server.postgres_url  # the session fixture: one throw-away server for this module
-
+# `postgres_url`: the session's throw-away PostgreSQL server (tests/postgres_server.py, a conftest plugin).
 T0 = 1_700_000_000.0
 StoreFactory = Callable[..., Awaitable[JobStore]]
 

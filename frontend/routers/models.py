@@ -10,7 +10,7 @@ from dgate.frontend.state import State
 router = APIRouter(tags=["models"])
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)
 async def list_models(state: State) -> ModelList:
     names = await state.engine.list_pipelines()
     limits = [await state.engine.pipeline_limits(name) for name in names]  # cached by the engine
@@ -18,7 +18,7 @@ async def list_models(state: State) -> ModelList:
                                                                                                   strict=True)])
 
 
-@router.get("/v1/models/{model_id}", response_model=ModelObject)
+@router.get("/v1/models/{model_id}", response_model=ModelObject, response_model_exclude_none=True)
 async def retrieve_model(model_id: str, state: State) -> ModelObject:
     limits = await state.engine.pipeline_limits(model_id)  # ModelNotFound -> 404 for components, unknown names
     return ModelObject.from_limits(model_id, state.started, limits)
