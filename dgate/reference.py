@@ -204,7 +204,7 @@ def torch_loop_video(pipe: Any, spec: PipelineSpec, values: Mapping[str, Any], i
     """D-Gate's video path (`generate_video`) run in process on the pipeline's PyTorch modules."""
     from dgate.core.video import generate_video
 
-    params = DenoiseParams(**{k: values[k] for k in DenoiseParams.__dataclass_fields__})
+    params = DenoiseParams(**{k: values[k] for k in DenoiseParams.__dataclass_fields__ if k in values})
     text = torch_text_outputs(pipe, spec, values["prompt"], params.negative_prompt) if spec.text_encoders else {}
     return generate_video(spec, params, SchedulerFactory(dict(pipe.scheduler.config)), text, image,
                           torch_component_call(pipe, spec))
@@ -214,7 +214,7 @@ def torch_loop_images(pipe: Any, spec: PipelineSpec, values: Mapping[str, Any]) 
     """D-Gate's loop run in process on the pipeline's PyTorch modules, decoded by its VAE."""
     from dgate.export.wrappers import VaeDecoderWrapper
 
-    params = DenoiseParams(**{k: values[k] for k in DenoiseParams.__dataclass_fields__})
+    params = DenoiseParams(**{k: values[k] for k in DenoiseParams.__dataclass_fields__ if k in values})
     text = torch_text_outputs(pipe, spec, values["prompt"], params.negative_prompt, params.max_sequence_length)
     module = family_of(spec).denoiser_module(pipe, spec).eval()
     names = [t.name for t in family_of(spec).denoiser_inputs(spec)]
