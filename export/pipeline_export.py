@@ -32,6 +32,7 @@ from dgate.export.repository import PIPELINE_FILE, SCHEDULER_FILE, model_shim, w
 from dgate.export.tensorrt_build import build_engine, profile_shapes
 from dgate.export.triton_config import (
     ServingOptions,
+    cancel_config,
     component_config,
     denoiser_config,
     ensemble_config,
@@ -189,7 +190,9 @@ def export_pipeline(
             SCHEDULER_FILE: pipe.scheduler.to_json_string(),
             "model.py": model_shim(denoiser[1], f"{spec.name} scheduler loop"),
         })
-        if not video:  # the video denoiser returns frames
+        if video:  # the same model for every pipeline: rewriting it is harmless
+            write_model(repository, cancel_config(options), {"model.py": model_shim("cancel_model", "cancellations")})
+        else:  # the video denoiser returns frames
             write_model(repository, postprocess_config(spec, options), {
                 "model.py": model_shim("postprocess_model", f"{spec.name} postprocess"),
             })

@@ -10,6 +10,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from dgate.core.families import family_of
 from dgate.core.pipeline_spec import PipelineSpec, TextEncoderSpec
 from dgate.core.tensors import (
+    CANCEL_MODEL,
+    CANCEL_OUTPUT,
+    CANCEL_REQUEST_ID,
     ENSEMBLE_INPUTS,
     ENSEMBLE_OUTPUT,
     LORA_CHECK_MODEL,
@@ -161,6 +164,13 @@ def video_denoiser_config(spec: PipelineSpec, options: ServingOptions) -> mc.Mod
     )
     config.model_transaction_policy.decoupled = True
     return config
+
+
+def cancel_config(options: ServingOptions) -> mc.ModelConfig:
+    """`dgate_cancel`, one per repository: request ids that running denoisers must stop."""
+    return _python_model(CANCEL_MODEL, (TensorSpec(CANCEL_REQUEST_ID, "TYPE_STRING", (1,)),),
+                         (TensorSpec(CANCEL_OUTPUT, "TYPE_BOOL", (1,)),), max_batch_size=0,
+                         instances=options.helper_instances, parameters={})
 
 
 def lora_config(options: ServingOptions) -> mc.ModelConfig:

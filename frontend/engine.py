@@ -22,6 +22,8 @@ from tritonclient.utils import InferenceServerException
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
 from dgate.core.tensors import (
+    CANCEL_MODEL,
+    CANCEL_REQUEST_ID,
     CONDITIONING_IMAGE,
     ENSEMBLE_OUTPUT,
     LORA_CHECK_MODEL,
@@ -261,9 +263,13 @@ class TritonImageEngine:
             self._limits.pop(name, None)
             raise _map_error(exc, name) from exc
         except TimeoutError as exc:
+            await self._cancel(request_id)
             raise EngineTimeout(f"Triton did not finish the video in {self._request_timeout_s:g} s") from exc
+        except asyncio.CancelledError:  # the job was deleted (or the frontend is stopping)
+            await asyncio.shield(self._cancel(request_id))
+            raise
         finally:
-            stream.cancel()  # a no-op after the final response; else Triton cancels the request
+            stream.cancel()
         if video is None:
             raise EngineError(f"pipeline '{name}' ended the stream without a '{VIDEO_OUTPUT.name}' output")
         expected = (1, params.num_frames, params.height, params.width, 3)
@@ -271,6 +277,16 @@ class TritonImageEngine:
             raise EngineError(f"pipeline returned video {video.dtype}{list(video.shape)}, "
                               f"expected uint8{list(expected)}")
         return video[0]
+
+    async def _cancel(self, request_id: str) -> None:
+        """Stop a request running in a denoiser: Triton's own cancellation stops an ensemble only
+        between steps, so the repository's dgate_cancel posts it where the denoiser looks each step."""
+        tensor = grpcclient.InferInput(CANCEL_REQUEST_ID, [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([request_id.encode()], dtype=np.object_))
+        try:
+            await self.client.infer(CANCEL_MODEL, [tensor], client_timeout=self._metadata_timeout_s)
+        except InferenceServerException as exc:  # an older repository without dgate_cancel: it runs on
+            logger.warning("could not cancel %s in Triton: %s", request_id, exc.message())
 
     async def check_adapters(self, name: str, lora: str) -> dict:
         await self.pipeline_limits(name)  # ModelNotFound for a name that is not a pipeline

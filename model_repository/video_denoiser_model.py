@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from dgate.core.cancellation import CancellationBoard
 from dgate.core.errors import InvalidRequestError
 from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
@@ -35,6 +36,7 @@ class TritonPythonModel:
         self.text_inputs = {e.component: [t.name for t in e.outputs] + ["attention_mask"]
                             for e in self.spec.text_encoders}
         torch.set_num_threads(1)  # the scheduler math is tiny; the cores belong to the component models
+        self.cancellations = CancellationBoard()
 
     def _call(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One BLS request to a component model of this pipeline."""
@@ -51,6 +53,10 @@ class TritonPythonModel:
 
     def _run(self, request: Any) -> None:
         sender = request.get_response_sender()
+        request_id = request.request_id()
+
+        def cancelled() -> bool:  # Triton's flag does not reach an ensemble step: the board does
+            return request.is_cancelled() or self.cancellations.is_cancelled(request_id)
 
         def progress(done: int, total: int) -> None:
             value = np.array([min(done, total) / total], dtype=np.float32)
@@ -68,13 +74,15 @@ class TritonPythonModel:
                 for component, names in self.text_inputs.items()
             }
             frames = generate_video(self.spec, params, self.schedulers, text, image, self._call,
-                                    is_cancelled=request.is_cancelled, on_step=progress)
+                                    is_cancelled=cancelled, on_step=progress)
             final = pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor(VIDEO_OUTPUT.name, frames),
                 pb_utils.Tensor(PROGRESS_OUTPUT.name, np.array([1.0], dtype=np.float32))])
             sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         except Exception as error:
             sender.send(error_response(error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        finally:
+            self.cancellations.clear(request_id)
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:

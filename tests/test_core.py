@@ -296,3 +296,18 @@ def test_video_limits_come_from_the_pipelines(specs: dict) -> None:
         assert error.value.param == param
     with pytest.raises(InvalidRequestError, match="makes images, not videos"):
         specs["tiny-sd"].limits.validate(**(good | {"scheduler": "euler"}))
+
+
+def test_cancellation_board_marks_clears_and_sweeps(tmp_path: Path) -> None:
+    from dgate.core.cancellation import CancellationBoard
+
+    board, other = CancellationBoard(tmp_path), CancellationBoard(tmp_path)  # two stubs, one directory
+    assert not board.is_cancelled("video-1") and not board.is_cancelled("")
+    other.cancel("video-1")
+    assert board.is_cancelled("video-1") and not board.is_cancelled("video-2")
+    board.clear("video-1")
+    assert not board.is_cancelled("video-1")
+    other.cancel("../odd id/∂")  # any client string: hashed into a file name inside the board
+    assert board.is_cancelled("../odd id/∂") and [p.parent for p in tmp_path.iterdir()] == [tmp_path]
+    board.sweep(max_age_s=-1)
+    assert not list(tmp_path.iterdir())

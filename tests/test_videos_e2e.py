@@ -220,3 +220,28 @@ def test_postgresql_job_store_end_to_end(triton: Any, tmp_path: Path, postgres_u
         assert done.status == "completed", done.error
         assert first.videos.download_content(created.id).read() == second.videos.download_content(created.id).read()
         assert created.id in [video.id for video in second.videos.list(limit=100)]
+
+
+def unet_executions(triton: Any) -> int:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(triton.ports.grpc_url) as stats_client:
+        stats = stats_client.get_inference_statistics("tiny-animatediff_unet", as_json=True)
+    return int(stats["model_stats"][0].get("execution_count", 0))
+
+
+def test_deleting_a_running_job_stops_it_in_triton(triton: Any, client: OpenAI) -> None:
+    """DELETE cancels the engine's stream; Triton cancels the request and the denoiser stops within a
+    step: the UNet runs far fewer than the 100 steps asked, and no more once the job is gone."""
+    before = unet_executions(triton)
+    video = client.videos.create(prompt="a long paper boat ride", model="tiny-animatediff", size="64x64",
+                                 extra_body={"num_inference_steps": 100, "num_frames": 16, "seed": 1})
+    deadline = time.monotonic() + 60
+    while client.videos.retrieve(video.id).progress < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.videos.delete(video.id)
+    time.sleep(2.0)  # the worker notices at its next progress report
+    stopped = unet_executions(triton)
+    time.sleep(1.5)
+    assert unet_executions(triton) == stopped  # nothing runs on in Triton
+    assert 3 <= stopped - before < 50, stopped - before

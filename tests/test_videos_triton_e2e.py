@@ -6,6 +6,7 @@ A video request is one gRPC stream: a `progress` response per denoising step, th
 from __future__ import annotations
 
 import queue
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,41 @@ def test_bad_video_requests_end_the_stream_with_the_reason(triton: Any) -> None:
     for model, overrides, message in cases:
         _, video, error = stream_video(url, model, BASE | overrides)
         assert video is None and error is not None and message in error
+
+
+def unet_executions(url: str, model: str = "tiny-animatediff_unet") -> int:
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return int(stats.get("execution_count", 0))
+
+
+def test_dgate_cancel_stops_a_running_video_within_a_step(triton: Any) -> None:
+    """Cancelling the stream alone does not reach an ensemble step in Triton 2.51 (the denoiser ran
+    on: measured); `dgate_cancel` with the request id does, within one step (Triton's statistics)."""
+    url, request_id = triton.ports.grpc_url, "cancel-me"
+    values = BASE | {"num_inference_steps": 100, "num_frames": 16}
+    inputs = infer_inputs(grpcclient, values, tensors=request_tensors("text-to-video"))
+    responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    before = unet_executions(url)
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        client.async_stream_infer("tiny-animatediff", inputs, request_id=request_id)
+        for _ in range(3):  # three steps done
+            assert responses.get(timeout=60)[1] is None
+        cancel = grpcclient.InferInput("request_id", [1], "BYTES")
+        cancel.set_data_from_numpy(np.array([request_id.encode()], dtype=np.object_))
+        assert client.infer("dgate_cancel", [cancel]).as_numpy("cancelled")[0]
+        _, error = responses.get(timeout=60)
+        while error is None:  # progress already on its way, then the end
+            _, error = responses.get(timeout=60)
+        assert "cancelled" in error.message()
+        ran = unet_executions(url) - before
+        time.sleep(1.0)
+        assert unet_executions(url) - before == ran and 3 <= ran <= 5  # stopped within a step or two
+    finally:
+        client.stop_stream()
+        client.close()
 
 
 def test_video_ensembles_need_the_stream(triton: Any) -> None:

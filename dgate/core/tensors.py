@@ -110,6 +110,11 @@ def model_name(pipeline: str, component: str) -> str:
     return f"{pipeline}_{component}"
 
 
+# The repository's one cancellation model: (request_id) -> cancelled (dgate.core.cancellation).
+CANCEL_MODEL = "dgate_cancel"
+CANCEL_REQUEST_ID = "request_id"
+CANCEL_OUTPUT = "cancelled"
+
 # Ensemble config parameter that marks a model as a D-Gate pipeline (what /v1/models lists).
 PIPELINE_MARKER_PARAMETER = "dgate_pipeline"
 
