@@ -272,16 +272,15 @@ def _sd_euler_scheduler() -> EulerDiscreteScheduler:
     )
 
 
-def _build_sd() -> StableDiffusionPipeline:
-    tokenizer = build_clip_tokenizer()
-    text_encoder = _clip_text_encoder(tokenizer)
+def _sd_unet(layers_per_block: int) -> UNet2DConditionModel:
+    """SD 1.5's UNet layout at 32/64 channels (seeded)."""
     torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=32,
         in_channels=4,
         out_channels=4,
         block_out_channels=(32, 64),
-        layers_per_block=2,
+        layers_per_block=layers_per_block,
         # diffusers' fast-test layout: cross-attention only at the 16x16 level, because self-attention
         # over a 32x32 latent (SD's order) makes each step ~4x slower on a CPU.
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -289,6 +288,12 @@ def _build_sd() -> StableDiffusionPipeline:
         cross_attention_dim=32,
         attention_head_dim=8,  # diffusers' (misnamed) head count, as in SD 1.5
     )
+
+
+def _build_sd() -> StableDiffusionPipeline:
+    tokenizer = build_clip_tokenizer()
+    text_encoder = _clip_text_encoder(tokenizer)
+    unet = _sd_unet(layers_per_block=2)
     # SD 1.5's noise schedule, with the Euler sampler most deployments use.
     return StableDiffusionPipeline(
         vae=_build_vae(),
@@ -458,21 +463,10 @@ def _build_flux(schnell: bool = False) -> FluxPipeline:
 
 
 def _build_animatediff() -> AnimateDiffPipeline:
-    """SD 1.5 + a motion adapter (UNetMotionModel), AnimateDiff's DDIM schedule; 8 frames by default."""
+    """SD 1.5 + a motion adapter (UNetMotionModel, up to 32 frames), AnimateDiff's DDIM schedule."""
     tokenizer = build_clip_tokenizer()
     text_encoder = _clip_text_encoder(tokenizer)
-    torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-    )
+    unet = _sd_unet(layers_per_block=1)  # one layer per block: every frame runs through it
     motion_adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=32,
                                    motion_num_attention_heads=4, motion_max_seq_length=32)
     # AnimateDiff's documented schedule: SD's betas, linear, DDIM without sample clipping.
