@@ -190,9 +190,9 @@ def export_pipeline(
             SCHEDULER_FILE: pipe.scheduler.to_json_string(),
             "model.py": model_shim(denoiser[1], f"{spec.name} scheduler loop"),
         })
-        if video:  # the same model for every pipeline: rewriting it is harmless
-            write_model(repository, cancel_config(options), {"model.py": model_shim("cancel_model", "cancellations")})
-        else:  # the video denoiser returns frames
+        # The same model for every pipeline: rewriting it is harmless.
+        write_model(repository, cancel_config(options), {"model.py": model_shim("cancel_model", "cancellations")})
+        if not video:  # the video denoiser returns frames
             write_model(repository, postprocess_config(spec, options), {
                 "model.py": model_shim("postprocess_model", f"{spec.name} postprocess"),
             })

@@ -210,13 +210,18 @@ class TritonImageEngine:
 
     async def generate(self, name: str, params: GenerationParams) -> np.ndarray:
         inputs = infer_inputs(grpcclient, vars(params))
+        request_id = f"image-{secrets.token_hex(8)}"
         try:
             result = await self.client.infer(
                 name,
                 inputs,
                 outputs=[grpcclient.InferRequestedOutput(ENSEMBLE_OUTPUT.name)],
                 client_timeout=self._request_timeout_s,
+                request_id=request_id,
             )
+        except asyncio.CancelledError:  # the HTTP client went away: stop the denoiser too
+            await asyncio.shield(self._cancel(request_id))
+            raise
         except InferenceServerException as exc:
             # The model may have been reloaded with other limits (or removed): re-read them next time.
             self._limits.pop(name, None)

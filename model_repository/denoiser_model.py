@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from dgate.core.cancellation import CancellationBoard
 from dgate.core.denoise import denoise
 from dgate.core.errors import InvalidRequestError
 from dgate.core.families import family_of
@@ -24,7 +25,14 @@ from dgate.core.lora.request import adapters_dir, decode_adapters
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.schedulers import SchedulerFactory
 from dgate.core.tensors import LORA_CHECK_MODEL, LORA_INPUT
-from dgate.model_repository.triton_io import ModelArgs, denoise_params, error_response, input_array, input_scalar
+from dgate.model_repository.triton_io import (
+    ModelArgs,
+    cancellation_check,
+    denoise_params,
+    error_response,
+    input_array,
+    input_scalar,
+)
 
 
 class TritonPythonModel:
@@ -40,6 +48,7 @@ class TritonPythonModel:
                             for e in self.spec.text_encoders}
         # The scheduler math is tiny; the cores belong to the UNet model's instances.
         torch.set_num_threads(1)
+        self.cancellations = CancellationBoard()
 
     def _predict(self, inputs: dict[str, np.ndarray], lora: bytes) -> np.ndarray:
         tensors = [pb_utils.Tensor(name, inputs[name]) for name in self.model_inputs]
@@ -81,10 +90,13 @@ class TritonPythonModel:
                 for component, names in self.text_inputs.items()
             }
             latents = denoise(self.spec, params, self.schedulers, text,
-                              lambda inputs: self._predict(inputs, lora.encode()), is_cancelled=request.is_cancelled)
+                              lambda inputs: self._predict(inputs, lora.encode()),
+                              is_cancelled=cancellation_check(request, self.cancellations))
             return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("latents", latents)])
         except Exception as error:
             return error_response(error)
+        finally:
+            self.cancellations.clear(request.request_id())
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return [self._run(request) for request in requests]

@@ -24,7 +24,14 @@ from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.schedulers import SchedulerFactory
 from dgate.core.tensors import CONDITIONING_IMAGE, LORA_INPUT, PROGRESS_OUTPUT, VIDEO_OUTPUT, model_name
 from dgate.core.video import generate_video
-from dgate.model_repository.triton_io import ModelArgs, denoise_params, error_response, input_array, input_scalar
+from dgate.model_repository.triton_io import (
+    ModelArgs,
+    cancellation_check,
+    denoise_params,
+    error_response,
+    input_array,
+    input_scalar,
+)
 
 
 class TritonPythonModel:
@@ -53,10 +60,6 @@ class TritonPythonModel:
 
     def _run(self, request: Any) -> None:
         sender = request.get_response_sender()
-        request_id = request.request_id()
-
-        def cancelled() -> bool:  # Triton's flag does not reach an ensemble step: the board does
-            return request.is_cancelled() or self.cancellations.is_cancelled(request_id)
 
         def progress(done: int, total: int) -> None:
             value = np.array([min(done, total) / total], dtype=np.float32)
@@ -74,7 +77,7 @@ class TritonPythonModel:
                 for component, names in self.text_inputs.items()
             }
             frames = generate_video(self.spec, params, self.schedulers, text, image, self._call,
-                                    is_cancelled=cancelled, on_step=progress)
+                                    is_cancelled=cancellation_check(request, self.cancellations), on_step=progress)
             final = pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor(VIDEO_OUTPUT.name, frames),
                 pb_utils.Tensor(PROGRESS_OUTPUT.name, np.array([1.0], dtype=np.float32))])
@@ -82,7 +85,7 @@ class TritonPythonModel:
         except Exception as error:
             sender.send(error_response(error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         finally:
-            self.cancellations.clear(request_id)
+            self.cancellations.clear(request.request_id())
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:

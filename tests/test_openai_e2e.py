@@ -414,3 +414,25 @@ def test_triton_outage_is_a_503_and_the_frontend_recovers(
     finally:
         for server in servers:
             server.stop()
+
+
+def _unet_executions(triton: Any, model: str) -> int:
+    with grpcclient.InferenceServerClient(triton.ports.grpc_url) as stats_client:
+        stats = stats_client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return int(stats.get("execution_count", 0))
+
+
+def test_a_client_that_disconnects_stops_the_generation_in_triton(triton: Any, frontend: str) -> None:
+    """The frontend notices the closed connection, cancels its Triton request, and the denoiser stops
+    within a step (dgate_cancel): the UNet runs far fewer than the 100 steps asked, then nothing."""
+    import httpx
+
+    before = _unet_executions(triton, "tiny-sd_unet")
+    body = {"model": "tiny-sd", "prompt": PROMPT, "n": 10, "size": "64x64", "num_inference_steps": 100, "seed": 3}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{frontend}/v1/images/generations", json=body, timeout=1.5)
+    time.sleep(1.5)  # the frontend polls the connection every 0.1 s; the denoiser checks every step
+    stopped = _unet_executions(triton, "tiny-sd_unet") - before
+    time.sleep(1.0)
+    assert _unet_executions(triton, "tiny-sd_unet") - before == stopped
+    assert 1 <= stopped < 60, stopped

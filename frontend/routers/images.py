@@ -9,6 +9,7 @@ from dataclasses import replace
 from fastapi import APIRouter, Request
 
 from dgate.core.errors import InvalidRequestError
+from dgate.frontend.disconnect import unless_disconnected
 from dgate.frontend.engine import resolve_model
 from dgate.frontend.image_store import encode_batch, to_base64
 from dgate.frontend.schemas import ImageData, ImageGenerationRequest, ImagesResponse
@@ -25,7 +26,7 @@ async def create_image(body: ImageGenerationRequest, request: Request, state: St
         raise InvalidRequestError(f"{model} makes videos: ask /v1/videos for them", "model")
     params = body.to_params(limits, max_prompt_chars=state.settings.max_prompt_chars)
     params = replace(params, lora=state.loras.request_lora(model, body.lora, body.lora_scale))
-    images = await state.engine.generate(model, params)
+    images = await unless_disconnected(request, state.engine.generate(model, params))
     state.metrics.images.labels(model=model).inc(len(images))
 
     output_format = body.output_format or "png"
