@@ -9,46 +9,29 @@ process holding torch + diffusers (~250 MB PSS), so the count is a memory/throug
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils
 
-from dgate.core.cancellation import CancellationBoard
 from dgate.core.denoise import denoise
 from dgate.core.errors import InvalidRequestError
-from dgate.core.families import family_of
-from dgate.core.families.base import TextOutputs
 from dgate.core.lora.request import adapters_dir, decode_adapters
-from dgate.core.pipeline_spec import PipelineSpec
-from dgate.core.schedulers import SchedulerFactory
 from dgate.core.tensors import LORA_CHECK_MODEL, LORA_INPUT
+from dgate.model_repository.denoiser_base import DenoiserModel
 from dgate.model_repository.triton_io import (
-    ModelArgs,
-    cancellation_check,
     denoise_params,
     error_response,
-    input_array,
     input_scalar,
 )
 
 
-class TritonPythonModel:
+class TritonPythonModel(DenoiserModel):
     def initialize(self, args: dict[str, str]) -> None:
-        model = ModelArgs(args)
-        self.spec = PipelineSpec.load(model.version_dir / "pipeline.json")
-        self.schedulers = SchedulerFactory(json.loads((model.version_dir / "scheduler_config.json").read_text()))
-        self.denoiser_model = model.parameter("denoiser_model")
-        self.takes_lora = model.parameter("lora", "false") == "true"
-        family = family_of(self.spec)
-        self.model_inputs = [t.name for t in family.denoiser_inputs(self.spec)]
-        self.text_inputs = {e.component: [t.name for t in e.outputs] + ["attention_mask"]
-                            for e in self.spec.text_encoders}
-        # The scheduler math is tiny; the cores belong to the UNet model's instances.
-        torch.set_num_threads(1)
-        self.cancellations = CancellationBoard()
+        super().initialize(args)
+        self.denoiser_model = self.args.parameter("denoiser_model")
+        self.takes_lora = self.args.parameter("lora", "false") == "true"
+        self.model_inputs = [t.name for t in self.family.denoiser_inputs(self.spec)]
 
     def _predict(self, inputs: dict[str, np.ndarray], lora: bytes) -> np.ndarray:
         tensors = [pb_utils.Tensor(name, inputs[name]) for name in self.model_inputs]
@@ -85,13 +68,9 @@ class TritonPythonModel:
                                           "(exported for a native backend or with --no-lora)", "lora")
             if lora:
                 self._check_adapters(lora)
-            text: TextOutputs = {
-                component: {name: input_array(request, f"{component}_{name}") for name in names}
-                for component, names in self.text_inputs.items()
-            }
-            latents = denoise(self.spec, params, self.schedulers, text,
+            latents = denoise(self.spec, params, self.schedulers, self.encoded_prompt(request),
                               lambda inputs: self._predict(inputs, lora.encode()),
-                              is_cancelled=cancellation_check(request, self.cancellations))
+                              is_cancelled=self.cancellation_check(request))
             return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("latents", latents)])
         except Exception as error:
             return error_response(error)

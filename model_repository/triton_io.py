@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from dgate.core.cancellation import CancellationBoard
 from dgate.core.errors import InvalidRequestError
 from dgate.core.params import DenoiseParams
 from dgate.core.tensors import VIDEO_INPUTS
@@ -56,9 +54,3 @@ def denoise_params(request: Any, video: bool = False) -> DenoiseParams:
         names += [t.name for t in VIDEO_INPUTS]
     return DenoiseParams(**{name: input_scalar(request, name) for name in names})
 
-
-def cancellation_check(request: Any, board: CancellationBoard) -> Callable[[], bool]:
-    """True once the request is cancelled: Triton's own flag does not reach an ensemble step while it
-    runs (server#6739), so also the mark dgate_cancel posts for its request id."""
-    request_id = request.request_id()
-    return lambda: request.is_cancelled() or board.is_cancelled(request_id)

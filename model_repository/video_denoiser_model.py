@@ -9,24 +9,16 @@ can answer each request with one `progress` response per denoising step and a fi
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils
 
-from dgate.core.cancellation import CancellationBoard
 from dgate.core.errors import InvalidRequestError
-from dgate.core.families import family_of
-from dgate.core.families.base import TextOutputs
-from dgate.core.pipeline_spec import PipelineSpec
-from dgate.core.schedulers import SchedulerFactory
 from dgate.core.tensors import CONDITIONING_IMAGE, LORA_INPUT, PROGRESS_OUTPUT, VIDEO_OUTPUT, model_name
 from dgate.core.video import generate_video
+from dgate.model_repository.denoiser_base import DenoiserModel
 from dgate.model_repository.triton_io import (
-    ModelArgs,
-    cancellation_check,
     denoise_params,
     error_response,
     input_array,
@@ -34,17 +26,7 @@ from dgate.model_repository.triton_io import (
 )
 
 
-class TritonPythonModel:
-    def initialize(self, args: dict[str, str]) -> None:
-        model = ModelArgs(args)
-        self.spec = PipelineSpec.load(model.version_dir / "pipeline.json")
-        self.schedulers = SchedulerFactory(json.loads((model.version_dir / "scheduler_config.json").read_text()))
-        self.family = family_of(self.spec)
-        self.text_inputs = {e.component: [t.name for t in e.outputs] + ["attention_mask"]
-                            for e in self.spec.text_encoders}
-        torch.set_num_threads(1)  # the scheduler math is tiny; the cores belong to the component models
-        self.cancellations = CancellationBoard()
-
+class TritonPythonModel(DenoiserModel):
     def _call(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One BLS request to a component model of this pipeline."""
         input_specs, output_specs = self.family.component_io(self.spec, component)
@@ -72,12 +54,8 @@ class TritonPythonModel:
                 raise InvalidRequestError(f"{self.spec.name} is served without LoRA support (video pipelines "
                                           "take no adapters yet)", "lora")
             image = input_array(request, CONDITIONING_IMAGE.name) if self.spec.limits.takes_image else None
-            text: TextOutputs = {
-                component: {name: input_array(request, f"{component}_{name}") for name in names}
-                for component, names in self.text_inputs.items()
-            }
-            frames = generate_video(self.spec, params, self.schedulers, text, image, self._call,
-                                    is_cancelled=cancellation_check(request, self.cancellations), on_step=progress)
+            frames = generate_video(self.spec, params, self.schedulers, self.encoded_prompt(request), image,
+                                    self._call, is_cancelled=self.cancellation_check(request), on_step=progress)
             final = pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor(VIDEO_OUTPUT.name, frames),
                 pb_utils.Tensor(PROGRESS_OUTPUT.name, np.array([1.0], dtype=np.float32))])

@@ -7,6 +7,7 @@ directly. `start_frontend(settings)` talks to the Triton named by `settings.trit
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -59,6 +60,19 @@ def start_frontend(
             stop()
             raise RuntimeError(f"the frontend did not answer {base_url}/health within {timeout_s} s")
         time.sleep(0.05)
+
+
+# OpenAI's error body: {"error": {"message", "type", "param", "code"}}.
+ERROR_KEYS = {"message", "type", "param", "code"}
+
+
+def assert_error_body(body: bytes, **expected: Any) -> dict[str, Any]:
+    """The body is OpenAI's error shape, with `expected` field values; returns the error object."""
+    parsed = json.loads(body)
+    assert set(parsed) == {"error"} and set(parsed["error"]) == ERROR_KEYS, parsed
+    for key, value in expected.items():
+        assert parsed["error"][key] == value, parsed
+    return parsed["error"]
 
 
 def make_client(base_url: str) -> OpenAI:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
-from frontend_fixtures import start_frontend
+from frontend_fixtures import assert_error_body, start_frontend
 from openai import OpenAI
 from PIL import Image
 from tritonclient.utils import InferenceServerException
@@ -101,7 +101,6 @@ FLUX_LIMITS = GenerationLimits(
     max_sequence_length=512,
     true_cfg=True,
 )
-ERROR_KEYS = {"message", "type", "param", "code"}
 
 
 def fake_images(params: GenerationParams) -> np.ndarray:
@@ -189,14 +188,6 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
 def post_json(url: str, payload: Any, headers: dict[str, str] | None = None):
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     return http("POST", url, data, {"Content-Type": "application/json", **(headers or {})})
-
-
-def assert_error_body(body: bytes, **expected: Any) -> dict[str, Any]:
-    parsed = json.loads(body)
-    assert set(parsed) == {"error"} and set(parsed["error"]) == ERROR_KEYS, parsed
-    for key, value in expected.items():
-        assert parsed["error"][key] == value, parsed
-    return parsed["error"]
 
 
 def decode(b64: str) -> Image.Image:

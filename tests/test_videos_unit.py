@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
-from frontend_fixtures import make_client, start_frontend
+from frontend_fixtures import ERROR_KEYS, assert_error_body, make_client, start_frontend
 from openai import OpenAI
 from PIL import Image
 
@@ -44,7 +44,6 @@ I2V_LIMITS = replace(T2V_LIMITS, family="svd", default_steps=3, default_guidance
                      task="image-to-video", default_num_frames=6, max_num_frames=14, default_fps=7)
 IMAGE_LIMITS = replace(T2V_LIMITS, family="sd", task="image", default_num_frames=0, max_num_frames=0, default_fps=0,
                        max_images=4)
-ERROR_KEYS = {"message", "type", "param", "code"}
 REFERENCE = (np.random.default_rng(3).random((40, 56, 3)) * 255).astype(np.uint8)
 
 
@@ -200,14 +199,6 @@ def http(method: str, url: str, body: bytes | None = None,
         return response.status, dict(response.headers), response.read()
     finally:
         connection.close()
-
-
-def assert_error_body(body: bytes, **expected: Any) -> dict[str, Any]:
-    parsed = json.loads(body)
-    assert set(parsed) == {"error"} and set(parsed["error"]) == ERROR_KEYS, parsed
-    for key, value in expected.items():
-        assert parsed["error"][key] == value, parsed
-    return parsed["error"]
 
 
 # --- create, poll, download ---------------------------------------------------------------------------------

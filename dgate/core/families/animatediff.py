@@ -67,7 +67,7 @@ class AnimateDiff(StableDiffusion):
 
     def decode_chunks(self, spec: PipelineSpec, latents: np.ndarray, params: DenoiseParams) -> list[np.ndarray]:
         # decode_latents: [1, C, F, h, w] -> [F, C, h, w] rows (the VAE scaling is in the decoder model).
-        frames = np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4).reshape(-1, *latents.shape[1:2],
+        frames = np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4).reshape(-1, latents.shape[1],
                                                                                *latents.shape[3:]))
         chunk = params.decode_chunk_size or DEFAULT_DECODE_CHUNK
         return [frames[i: i + chunk] for i in range(0, len(frames), chunk)]

@@ -1,0 +1,41 @@
+"""What the image and video denoiser models share: the pipeline they loop for, read once, and the
+per-request pieces they both need (the encoded prompt, cancellation)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from dgate.core.cancellation import CancellationBoard
+from dgate.core.families import family_of
+from dgate.core.families.base import TextOutputs
+from dgate.core.pipeline_spec import PIPELINE_FILE, PipelineSpec
+from dgate.core.schedulers import SchedulerFactory
+from dgate.model_repository.triton_io import ModelArgs, input_array
+
+
+class DenoiserModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        self.args = ModelArgs(args)
+        self.spec = PipelineSpec.load(self.args.version_dir / PIPELINE_FILE)
+        self.schedulers = SchedulerFactory(json.loads((self.args.version_dir / "scheduler_config.json").read_text()))
+        self.family = family_of(self.spec)
+        self.text_inputs = {e.component: [t.name for t in e.outputs] + ["attention_mask"]
+                            for e in self.spec.text_encoders}
+        self.cancellations = CancellationBoard()
+        # The scheduler math is tiny; the cores belong to the component models' instances.
+        torch.set_num_threads(1)
+
+    def encoded_prompt(self, request: Any) -> TextOutputs:
+        """Each text encoder's outputs and token mask for the [negative, prompt] rows."""
+        return {component: {name: input_array(request, f"{component}_{name}") for name in names}
+                for component, names in self.text_inputs.items()}
+
+    def cancellation_check(self, request: Any) -> Callable[[], bool]:
+        """True once the request is cancelled: Triton's own flag does not reach an ensemble step while it
+        runs (server#6739), so also the mark dgate_cancel posts for its request id."""
+        request_id = request.request_id()
+        return lambda: request.is_cancelled() or self.cancellations.is_cancelled(request_id)
