@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import math
 import os
 import socket
 import time
@@ -49,6 +50,11 @@ def asset_names(job_id: str) -> dict[Variant | str, str]:
     crash mid-write, whose record names no files, still has its strays deleted with it."""
     return {"video": f"{job_id}.mp4", "thumbnail": f"{job_id}.thumbnail.webp",
             "spritesheet": f"{job_id}.spritesheet.jpg", "input": f"{job_id}.input.png"}
+
+
+def expiry(now: float, ttl_s: int) -> int:
+    """Unix seconds at which a job finished at `now` expires: rounded up, so it never lives less than `ttl_s`."""
+    return math.ceil(now + ttl_s)
 
 
 def delete_assets(assets: AssetStore, job_id: str) -> None:
@@ -137,7 +143,7 @@ class JobRunner:
         self._clock = clock
 
     def _expires_at(self) -> int:
-        return int(self._clock()) + self._settings.video_ttl_s
+        return expiry(self._clock(), self._settings.video_ttl_s)
 
     async def run(self, job: VideoJob, worker_id: str) -> None:
         work: asyncio.Task[Media] | None = None
@@ -257,15 +263,17 @@ class WorkerPool:
 
     async def maintain(self) -> None:
         """Requeue (or fail) the jobs of dead workers and collect expired jobs, files and `url` images."""
-        now = int(self._clock())
+        clock = self._clock()
+        now = int(clock)
         requeued, failed = await self._store.recover(max_attempts=self._settings.video_max_attempts,
-                                                     failed_expires_at=now + self._settings.video_ttl_s)
+                                                     failed_expires_at=expiry(clock, self._settings.video_ttl_s))
         if requeued or failed:
             logger.warning("video jobs of stopped workers: %d requeued, %d failed as interrupted", requeued, failed)
             self.wake()
         for job in await self._store.expired(now):
-            await asyncio.to_thread(delete_assets, self._assets, job.id)
+            # The record goes first: a client sees a 404, never a completed job whose files are gone.
             await self._store.delete(job.id)
+            await asyncio.to_thread(delete_assets, self._assets, job.id)
         if self._images is not None:
             await asyncio.to_thread(self._images.collect)
 
