@@ -12,6 +12,7 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -62,6 +63,18 @@ class ModelNotFound(EngineError):
 
 
 ProgressCallback = Callable[[float], Awaitable[None]]
+# Image requests: after each denoising step (done, total); each partial image (index, uint8 [n, H, W, 3]).
+StepCallback = Callable[[int, int], Awaitable[None]]
+PartialCallback = Callable[[int, np.ndarray], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class EditImages:
+    """An image edit's inputs, already at the request's size: the image (uint8 [H, W, 3]) and, for
+    inpainting, the mask (uint8 [H, W]: 255 = repaint, 0 = keep; OpenAI's transparent pixels are 255)."""
+
+    image: np.ndarray
+    mask: np.ndarray | None = None
 
 
 class ImageEngine(Protocol):
@@ -71,8 +84,15 @@ class ImageEngine(Protocol):
     async def pipeline_limits(self, name: str) -> GenerationLimits:
         """The pipeline's limits; ModelNotFound if `name` is not a loaded pipeline."""
 
-    async def generate(self, name: str, params: GenerationParams) -> np.ndarray:
-        """uint8 images [num_images, height, width, 3]."""
+    async def generate(self, name: str, params: GenerationParams, *, edit: EditImages | None = None,
+                       partial_images: int = 0, on_step: StepCallback | None = None,
+                       on_partial: PartialCallback | None = None) -> np.ndarray:
+        """uint8 images [num_images, height, width, 3].
+
+        `edit`: img2img (no mask) or inpainting from the image, noised to `params.strength`.
+        `partial_images` (0..3) previews reach `on_partial` while the request denoises, and
+        `on_step(done, total)` follows every step; both need a pipeline whose limits say `streams`.
+        """
 
     async def generate_video(self, name: str, params: GenerationParams, image: np.ndarray | None,
                              on_progress: ProgressCallback | None = None) -> np.ndarray:

@@ -55,6 +55,11 @@ class GenerationLimits:
     default_num_frames: int = 0
     max_num_frames: int = 0
     default_fps: int = 0
+    # The async (decoupled) denoiser: progress and partial images stream over Triton's gRPC stream.
+    streams: bool = False
+    # Image edits: img2img and inpainting from an uploaded image (families diffusers has them for).
+    edits: bool = False
+    inpaint_model: bool = False  # the denoiser is a dedicated inpainting model (9-channel UNet)
 
     @property
     def is_video(self) -> bool:
@@ -123,6 +128,7 @@ class GenerationLimits:
         motion_bucket_id: int = 127,
         noise_aug_strength: float = 0.02,
         decode_chunk_size: int = 0,
+        strength: float = 1.0,
         **_: Any,
     ) -> None:
         """Raise InvalidRequestError naming the first field that is out of bounds.
@@ -163,3 +169,5 @@ class GenerationLimits:
             _check_range("decode_chunk_size", decode_chunk_size, 0, num_frames)
         elif num_frames:
             raise InvalidRequestError(f"this {self.family} pipeline makes images, not videos", "model")
+        if not 0 < strength <= 1:
+            raise InvalidRequestError(f"strength must be greater than 0 and at most 1, got {strength}", "strength")

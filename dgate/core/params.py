@@ -29,6 +29,8 @@ class DenoiseParams:
     motion_bucket_id: int = 127  # SVD: more motion as it grows
     noise_aug_strength: float = 0.02  # SVD: noise added to the conditioning image
     decode_chunk_size: int = 0  # frames the VAE decodes at once; 0 = the pipeline's default
+    # Image edits (img2img, inpainting): how far the input image is noised before denoising (0..1].
+    strength: float = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
