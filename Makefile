@@ -41,12 +41,24 @@ postgres:
 
 .PHONY: postgres
 
-test: install postgres
+# The playground's browser test (tests/test_playground.py) drives Debian's Chromium through the
+# playwright package: install it from apt when missing. `playwright install` is never run, nothing
+# downloads a browser build.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "Chromium is missing and installing it needs root or sudo: apt-get install chromium" >&2; exit 1; fi; \
+	  $$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y --no-install-recommends chromium fonts-dejavu-core; }
+
+.PHONY: browser
+
+test: install postgres browser
 	$(BIN)/ruff check .
 	PYTHON=$(BIN)/python .ci/typecheck
 	$(BIN)/python -m pytest -v -rA
 
-test-fast: install postgres
+test-fast: install postgres browser
 	$(BIN)/python -m pytest -m "not slow"
 
 $(REPOSITORY)/.exported: $(VENV)/.installed
