@@ -18,7 +18,7 @@ from dgate.frontend.logs import configure_logging
 from dgate.frontend.lora_registry import LoraRegistry
 from dgate.frontend.metrics import Metrics
 from dgate.frontend.middleware import RequestMiddleware
-from dgate.frontend.routers import files, health, images, loras, models, videos
+from dgate.frontend.routers import files, health, images, loras, models, playground, videos
 from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.state import AppState
 from dgate.frontend.video.service import VideoService
@@ -73,6 +73,7 @@ def create_app(settings: FrontendSettings | None = None, engine: ImageEngine | N
     app.add_middleware(RequestMiddleware, metrics=metrics)
     for module in (images, videos, models, files, health, loras):
         app.include_router(module.router)
+    app.include_router(playground.router)  # GET / and /static/: the browser playground
     return app
 
 
