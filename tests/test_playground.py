@@ -1,0 +1,200 @@
+"""The playground page (`GET /`) in headless Chromium against the real frontend and a fake engine:
+the model list, a streamed generation with partial images, an edit upload, errors shown, and
+nothing loaded from outside the frontend. `playground_driver.see_playground` drives the page and is
+reusable against a real Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from frontend_fixtures import start_frontend
+from PIL import Image
+from playground_driver import PlaygroundRun, chromium, see_playground
+from playwright.sync_api import Browser
+
+from dgate.core.errors import InvalidRequestError
+from dgate.core.limits import GenerationLimits
+from dgate.frontend.engine import EditImages, ModelNotFound, PartialCallback, StepCallback
+from dgate.frontend.schemas import GenerationParams
+from dgate.frontend.settings import FrontendSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "build" / "artifacts"
+
+IMAGE_LIMITS = GenerationLimits(
+    family="sd", default_width=64, default_height=48, min_size=32, max_width=256, max_height=256,
+    size_multiple=16, default_steps=6, max_steps=50, max_images=4, default_guidance_scale=7.5,
+    max_guidance_scale=20.0, default_scheduler="euler", schedulers=("euler", "ddim", "default"),
+    default_max_sequence_length=0, max_sequence_length=0, true_cfg=False, streams=True, edits=True,
+)
+VIDEO_LIMITS = GenerationLimits(
+    family="animatediff", default_width=64, default_height=64, min_size=32, max_width=128, max_height=128,
+    size_multiple=8, default_steps=4, max_steps=25, max_images=1, default_guidance_scale=7.5,
+    max_guidance_scale=20.0, default_scheduler="euler", schedulers=("euler", "default"),
+    default_max_sequence_length=0, max_sequence_length=0, true_cfg=False, task="text-to-video",
+    default_num_frames=8, max_num_frames=16, default_fps=8,
+)
+
+
+def fake_images(params: GenerationParams) -> np.ndarray:
+    """Deterministic images: red = x ramp, green = y ramp, blue = image index and seed."""
+    h, w = params.height, params.width
+    y, x = np.mgrid[0:h, 0:w]
+    images = np.empty((params.num_images, h, w, 3), np.uint8)
+    for i in range(params.num_images):
+        images[i, ..., 0] = x * 255 // max(w - 1, 1)
+        images[i, ..., 1] = y * 255 // max(h - 1, 1)
+        images[i, ..., 2] = (i * 50 + params.seed) % 256
+    return images
+
+
+class StreamingEngine:
+    """`ImageEngine` with one streaming, editing image pipeline and one video pipeline (which the
+    page must not offer); it reports every step and the partial images asked for."""
+
+    def __init__(self) -> None:
+        self.pipelines = {"tiny-sd": IMAGE_LIMITS, "tiny-animatediff": VIDEO_LIMITS}
+        self.calls: list[dict[str, Any]] = []
+
+    async def list_pipelines(self) -> list[str]:
+        return sorted(self.pipelines)
+
+    async def pipeline_limits(self, name: str) -> GenerationLimits:
+        if name not in self.pipelines:
+            raise ModelNotFound(name)
+        return self.pipelines[name]
+
+    async def generate(self, name: str, params: GenerationParams, *, edit: EditImages | None = None,
+                       partial_images: int = 0, on_step: StepCallback | None = None,
+                       on_partial: PartialCallback | None = None) -> np.ndarray:
+        self.calls.append({"name": name, "params": params, "edit": edit, "partial_images": partial_images})
+        if params.prompt == "fail":
+            raise InvalidRequestError("the fake pipeline refuses this prompt", "prompt")
+        final = fake_images(params)
+        if edit is not None:  # the edit shows through: half the uploaded image, half the fake
+            final = (final // 2 + edit.image[None] // 2).astype(np.uint8)
+        total = params.num_inference_steps
+        partial_at = {round((k + 1) * total / (partial_images + 1)): k for k in range(partial_images)}
+        for done in range(1, total + 1):
+            await asyncio.sleep(0.01)
+            if on_step is not None:
+                await on_step(done, total)
+            if on_partial is not None and done in partial_at:
+                await on_partial(partial_at[done], (final.astype(np.float32) * done / total).astype(np.uint8))
+        return final
+
+    async def generate_video(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    async def ready(self) -> bool:
+        return True
+
+    async def check_adapters(self, name: str, lora: str) -> dict:
+        return {}
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[str, StreamingEngine]]:
+    engine = StreamingEngine()
+    base_url, stop = start_frontend(FrontendSettings(), engine)
+    yield base_url, engine
+    stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
+
+
+def decode_data_url(src: str) -> Image.Image:
+    header, _, payload = src.partition(",")
+    assert header.startswith("data:image/") and header.endswith(";base64"), header
+    image = Image.open(io.BytesIO(base64.b64decode(payload)))
+    image.load()
+    return image
+
+
+def assert_all_local(run: PlaygroundRun, base_url: str) -> None:
+    """Everything the page loaded came from the frontend itself (or was a data:/blob: URL), and the
+    browser reported no error (a Content-Security-Policy violation would be one)."""
+    outside = [url for url in run.requests if not url.startswith((base_url, "data:", "blob:"))]
+    assert outside == [], outside
+    # (Chromium logs every 4xx answer as "Failed to load resource": those are the API's, not the page's.)
+    errors = [text for text in run.console_errors if not text.startswith("Failed to load resource")]
+    assert errors == [], errors
+
+
+def test_page_and_static_files_are_served(served: tuple[str, StreamingEngine]) -> None:
+    base_url = served[0]
+    with urllib.request.urlopen(f"{base_url}/") as response:
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+        page = response.read().decode()
+    assert 'src="/static/playground.js"' in page and 'href="/static/playground.css"' in page
+    for name, kind in (("playground.js", "text/javascript"), ("playground.css", "text/css")):
+        with urllib.request.urlopen(f"{base_url}/static/{name}") as response:
+            assert response.headers["Content-Type"].startswith(kind) and response.read()
+    for missing in ("index.html", "..%2Fapp.py", "nothing.js"):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(f"{base_url}/static/{missing}")
+        assert error.value.code == 404
+
+
+def test_generate_streams_partials_and_shows_images_and_seed(
+    served: tuple[str, StreamingEngine], browser: Browser, tmp_path: Path
+) -> None:
+    base_url, engine = served
+    screenshot = tmp_path / "playground.png"
+    run = see_playground(base_url, browser=browser, model="tiny-sd", prompt="a red fox in the snow", n=2,
+                         size="64x48", steps=6, negative_prompt="blurry", partial_images=2, screenshot=screenshot)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(screenshot, ARTIFACTS / "playground.png")
+
+    assert run.models == ["tiny-sd"]  # the video pipeline is not offered
+    assert run.state == "done" and run.error == "", (run.status, run.error)
+    assert len(run.images) == 2
+    for image in run.images:
+        assert image["src"].startswith("data:image/png;base64,")
+        assert (image["width"], image["height"]) == (64, 48)
+    assert run.seed.isdigit()
+
+    body = run.sent[0].json()  # the page always sends a seed, random when the field is empty
+    assert body["seed"] == int(run.seed)
+    assert body["stream"] is True and body["partial_images"] == 2
+    params = engine.calls[-1]["params"]
+    assert (params.prompt, params.negative_prompt, params.num_images, params.num_inference_steps) == (
+        "a red fox in the snow", "blurry", 2, 6)
+    assert params.seed == int(run.seed)
+    expected = fake_images(params)
+    for i, image in enumerate(run.images):  # the very pixels the engine made
+        assert np.array_equal(np.asarray(decode_data_url(image["src"]).convert("RGB")), expected[i])
+    assert screenshot.stat().st_size > 0
+    assert_all_local(run, base_url)
+
+
+def test_an_explicit_seed_is_sent_and_shown(served: tuple[str, StreamingEngine], browser: Browser) -> None:
+    base_url, engine = served
+    run = see_playground(base_url, browser=browser, prompt="a lighthouse", seed=1234567)
+    assert run.state == "done", run.error
+    assert run.seed == "1234567" and engine.calls[-1]["params"].seed == 1234567
+    assert len(run.images) == 1 and run.images[0]["width"] == 64  # the model's default size
+
+
+def test_errors_are_shown(served: tuple[str, StreamingEngine], browser: Browser) -> None:
+    base_url = served[0]
+    run = see_playground(base_url, browser=browser, prompt="fail")
+    assert run.state == "error" and "refuses this prompt" in run.error
+    assert run.images == []
+    run = see_playground(base_url, browser=browser, prompt="a cat", size="100x100")  # not a multiple of 16
+    assert run.state == "error" and "multiple" in run.error, run.error
