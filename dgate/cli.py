@@ -40,7 +40,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from dgate.export.triton_config import ServingOptions
 
     options = ServingOptions(
-        triton_backend=args.triton_backend, engine=args.backend, device=args.device,
+        triton_backend=args.triton_backend, engine=args.backend, device=args.device, denoiser=args.denoiser,
         denoiser_instances=args.denoiser_instances, component_instances=args.component_instances,
         video_denoiser_instances=args.video_denoiser_instances,
         max_queue_delay_us=args.max_queue_delay_us, onnx_threads=args.onnx_threads, lora=args.lora,
@@ -161,8 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="python: components run in Python-backend models (CPU build of Triton); "
                              "native: onnxruntime/tensorrt backend configs for the NGC image")
     export.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="instance kind of native models")
-    export.add_argument("--denoiser-instances", type=int, default=2,
-                        help="scheduler-loop instances = requests in flight per pipeline (~250 MB each)")
+    export.add_argument("--denoiser", choices=("async", "blocking"), default="async",
+                        help="async: one decoupled image denoiser interleaves every request and streams progress "
+                             "and partial images (the ensemble answers gRPC streams only); blocking: one request "
+                             "per instance, plain HTTP/gRPC infer, no streaming")
+    export.add_argument("--denoiser-instances", type=int, default=1,
+                        help="image denoiser processes per pipeline (~250 MB each); blocking: = requests in flight")
     export.add_argument("--video-denoiser-instances", type=int, default=1,
                         help="video loops in flight per video pipeline (each runs one request's steps)")
     export.add_argument("--component-instances", type=int, default=1)

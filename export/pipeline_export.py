@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from dgate.core.families import spec_from_pipeline
 from dgate.core.lora.weight_map import LORA_MAP_FILE, build_lora_map
 from dgate.core.onnx_session import load_all_initializers
 from dgate.core.pipeline_spec import PipelineSpec
+from dgate.core.tensors import model_name
 from dgate.core.tokenization import save_prompt_tokenizer
 from dgate.export.onnx_export import (
     EXTERNAL_DATA_THRESHOLD,
@@ -27,6 +29,7 @@ from dgate.export.onnx_export import (
     sample_inputs,
     verify_onnx,
 )
+from dgate.export.preview_map import fit_preview_map
 from dgate.export.quantized import load_quantization, quantized_files, verify_quantized
 from dgate.export.repository import PIPELINE_FILE, SCHEDULER_FILE, model_shim, write_model
 from dgate.export.tensorrt_build import build_engine, profile_shapes
@@ -37,7 +40,6 @@ from dgate.export.triton_config import (
     denoiser_config,
     ensemble_config,
     lora_config,
-    postprocess_config,
     takes_lora,
     tokenize_config,
     video_denoiser_config,
@@ -118,6 +120,8 @@ def export_pipeline(
     except ValueError as error:
         raise ExportError(str(error)) from error
     video = spec.limits.is_video
+    if not video:
+        spec = replace(spec, preview_rgb=fit_preview_map(pipe, spec))
     # Refit cannot reach quantized weights: the pipeline serves no LoRA (dgate_lora still answers for
     # it). Video pipelines take no adapters yet.
     if quantized or video:
@@ -183,8 +187,9 @@ def export_pipeline(
                 PIPELINE_FILE: spec_json,
                 "model.py": model_shim("tokenizer_model", f"{spec.name} tokenizer"),
             })
+        image_denoiser = "image_denoiser_model" if options.streams else "denoiser_model"
         denoiser = (video_denoiser_config(spec, options), "video_denoiser_model") if video else (
-            denoiser_config(spec, options), "denoiser_model")
+            denoiser_config(spec, options), image_denoiser)
         write_model(repository, denoiser[0], {
             PIPELINE_FILE: spec_json,
             SCHEDULER_FILE: pipe.scheduler.to_json_string(),
@@ -192,10 +197,8 @@ def export_pipeline(
         })
         # The same model for every pipeline: rewriting it is harmless.
         write_model(repository, cancel_config(options), {"model.py": model_shim("cancel_model", "cancellations")})
-        if not video:  # the video denoiser returns frames
-            write_model(repository, postprocess_config(spec, options), {
-                "model.py": model_shim("postprocess_model", f"{spec.name} postprocess"),
-            })
+        # Before 0.10 images were made uint8 by a postprocess model; the denoiser does it now.
+        shutil.rmtree(repository / model_name(spec.name, "postprocess"), ignore_errors=True)
         if repository_options.serves_lora:  # the same model for every pipeline: rewriting it is harmless
             write_model(repository, lora_config(options), {"model.py": model_shim("lora_model", "adapter checks")})
         write_model(repository, ensemble_config(spec, options), {})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -15,11 +15,15 @@ from dgate.core.tensors import (
     CANCEL_REQUEST_ID,
     ENSEMBLE_INPUTS,
     ENSEMBLE_OUTPUT,
+    IMAGE_REQUEST_EXTRAS,
     LORA_CHECK_MODEL,
     LORA_INPUT,
     LORA_ROWS,
+    PARTIAL_INDEX_OUTPUT,
+    PARTIAL_OUTPUT,
     PIPELINE_MARKER_PARAMETER,
     PROGRESS_OUTPUT,
+    STEPS_OUTPUT,
     TEXT_INPUTS,
     VIDEO_OUTPUT,
     TensorSpec,
@@ -27,8 +31,11 @@ from dgate.core.tensors import (
     request_tensors,
 )
 
-# What the denoiser takes besides the encoded prompt: every request value except the prompt text.
-DENOISE_PARAMETERS = tuple(t for t in ENSEMBLE_INPUTS if t.name != "prompt")
+# What the image denoiser takes besides the encoded prompt: every request value except the prompt text.
+DENOISE_PARAMETERS = (*(t for t in ENSEMBLE_INPUTS if t.name != "prompt"), *IMAGE_REQUEST_EXTRAS)
+# The image denoiser's answers: `images`; streaming, also progress and partial images before them.
+STREAMING_OUTPUTS = (ENSEMBLE_OUTPUT, PROGRESS_OUTPUT, STEPS_OUTPUT, PARTIAL_OUTPUT, PARTIAL_INDEX_OUTPUT)
+DENOISER_DESIGNS = ("async", "blocking")
 PROMPT_ROWS = 2  # [negative prompt, prompt]
 
 
@@ -39,10 +46,14 @@ class ServingOptions:
     triton_backend: str = "python"  # "python" (CPU build, ORT/TensorRT inside Python models) | "native"
     engine: str = "onnxruntime"  # "onnxruntime" | "tensorrt"
     device: str = "cpu"  # where native component models run: "cpu" | "gpu"
-    # Requests in flight per pipeline: each instance runs one request's loop, and the steps of the
-    # instances meet in the UNet's batcher. Each is a process with torch + diffusers (~250 MB PSS);
-    # two keep a 2-core CPU busy (the UNet's cost is linear in batch there), a GPU wants more.
-    denoiser_instances: int = 2
+    # "async": the image denoiser is decoupled and one instance interleaves every request's steps
+    # (asyncio + async BLS), streaming progress and partial images; the pipeline's ensemble is then
+    # reachable over gRPC streaming only. "blocking": each instance runs one request's loop at a
+    # time and the ensemble answers plain HTTP/gRPC infer calls; no streaming.
+    denoiser: str = "async"
+    # Each instance is a process with torch + diffusers (~250 MB PSS). Async: one serves all requests;
+    # blocking: one request in flight per instance (their steps meet in the UNet's batcher).
+    denoiser_instances: int = 1
     # Video requests run for seconds to minutes; one loop per instance (the UNet batches across them).
     video_denoiser_instances: int = 1
     component_instances: int = 1
@@ -56,6 +67,10 @@ class ServingOptions:
     def serves_lora(self) -> bool:
         return self.lora and self.triton_backend == "python"
 
+    @property
+    def streams(self) -> bool:
+        return self.denoiser == "async"
+
 
 def takes_lora(spec: PipelineSpec, component: str, options: ServingOptions) -> bool:
     # Video pipelines take no adapters yet (their denoiser passes no per-row `lora` to the UNet).
@@ -65,7 +80,9 @@ def takes_lora(spec: PipelineSpec, component: str, options: ServingOptions) -> b
 
 def _add_tensors(field, tensors: tuple[TensorSpec, ...]) -> None:
     for tensor in tensors:
-        field.add(name=tensor.name, data_type=mc.DataType.Value(tensor.dtype), dims=list(tensor.dims))
+        added = field.add(name=tensor.name, data_type=mc.DataType.Value(tensor.dtype), dims=list(tensor.dims))
+        if tensor.optional:
+            added.optional = True
 
 
 def _python_model(name: str, inputs, outputs, max_batch_size: int, instances: int,
@@ -145,13 +162,17 @@ def tokenize_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConf
 
 
 def denoiser_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConfig:
-    outputs = (TensorSpec("latents", "TYPE_FP32", (-1, spec.latent_channels, -1, -1), ("images", "lh", "lw")),)
-    return _python_model(
+    """The image denoiser: the whole request after the text encoders (VAE encoder for edits, the loop,
+    the VAE decoder) through BLS. Async: decoupled, streaming (see image_denoiser_model)."""
+    outputs = STREAMING_OUTPUTS if options.streams else (ENSEMBLE_OUTPUT,)
+    config = _python_model(
         model_name(spec.name, "denoiser"), (*encoded_prompt_inputs(spec), *DENOISE_PARAMETERS), outputs,
         max_batch_size=0, instances=options.denoiser_instances,
         parameters={"denoiser_model": model_name(spec.name, spec.denoiser_component),
                     "lora": str(options.serves_lora).lower()},
     )
+    config.model_transaction_policy.decoupled = options.streams
+    return config
 
 
 def video_denoiser_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConfig:
@@ -184,32 +205,26 @@ def lora_config(options: ServingOptions) -> mc.ModelConfig:
     )
 
 
-def postprocess_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConfig:
-    return _python_model(
-        model_name(spec.name, "postprocess"),
-        (TensorSpec("image", "TYPE_FP32", (-1, 3, -1, -1), ("images", "h", "w")),),
-        (ENSEMBLE_OUTPUT,),
-        max_batch_size=0, instances=options.helper_instances, parameters={},
-    )
-
-
 def ensemble_config(spec: PipelineSpec, options: ServingOptions | None = None) -> mc.ModelConfig:
-    """tokenize -> each text encoder -> denoiser -> vae_decoder -> postprocess; one request in, images out.
+    """tokenize -> each text encoder -> denoiser; one request in, images (or a video) out.
 
-    Video: tokenize -> each text encoder -> the (decoupled) denoiser, whose every response (progress,
-    then the frames) is the ensemble's.
+    The denoiser runs the rest through BLS. When it is decoupled (async images, video), every response
+    it sends (progress, partial images, then the result) is the ensemble's, over gRPC streaming.
     """
+    options = options or ServingOptions()
     video = spec.limits.is_video
     config = mc.ModelConfig(name=spec.name, platform="ensemble", max_batch_size=0)
-    _add_tensors(config.input, request_tensors(spec.limits.task, spec.limits.takes_image))
-    _add_tensors(config.output, (VIDEO_OUTPUT, PROGRESS_OUTPUT) if video else (ENSEMBLE_OUTPUT,))
+    request = request_tensors(spec.limits.task, spec.limits.takes_image)
+    outputs = (VIDEO_OUTPUT, PROGRESS_OUTPUT) if video else STREAMING_OUTPUTS if options.streams else (ENSEMBLE_OUTPUT,)
+    _add_tensors(config.input, request)
+    _add_tensors(config.output, outputs)
     steps = config.ensemble_scheduling.step
 
     def step(component: str, inputs: dict[str, str], outputs: dict[str, str]) -> None:
         steps.add(model_name=model_name(spec.name, component), model_version=-1,
                   input_map=inputs, output_map=outputs)
 
-    serves_lora = (options or ServingOptions()).serves_lora and not video
+    serves_lora = options.serves_lora and not video
     if spec.text_encoders:
         step("tokenize", {name: name for name in TEXT_INPUTS},
              {t.name: f"_{t.name}" for t in tokenize_outputs(spec) if serves_lora or t != LORA_PROMPT_ROWS})
@@ -218,23 +233,17 @@ def ensemble_config(spec: PipelineSpec, options: ServingOptions | None = None) -
         step(encoder.component,
              {t.name: f"_{encoder.component}_{t.name}" for t in encoder.inputs} | lora,
              {t.name: f"_{encoder.component}_{t.name}" for t in encoder.outputs})
-    if video:
-        step("denoiser",
-             {t.name: f"_{t.name}" for t in encoded_prompt_inputs(spec)}
-             | {t.name: t.name for t in request_tensors(spec.limits.task, spec.limits.takes_image)},
-             {t.name: t.name for t in (VIDEO_OUTPUT, PROGRESS_OUTPUT)})
-        return _with_parameters(config, spec)
+    denoiser_inputs = request if video else (t for t in ENSEMBLE_INPUTS + IMAGE_REQUEST_EXTRAS if t.name != "prompt")
     step("denoiser",
-         {t.name: f"_{t.name}" for t in encoded_prompt_inputs(spec)} | {t.name: t.name for t in DENOISE_PARAMETERS},
-         {"latents": "_latents"})
-    step("vae_decoder", {"latent": "_latents"}, {"image": "_image"})
-    step("postprocess", {"image": "_image"}, {ENSEMBLE_OUTPUT.name: ENSEMBLE_OUTPUT.name})
-    return _with_parameters(config, spec)
+         {t.name: f"_{t.name}" for t in encoded_prompt_inputs(spec)} | {t.name: t.name for t in denoiser_inputs},
+         {t.name: t.name for t in outputs})
+    return _with_parameters(config, spec, options)
 
 
-def _with_parameters(config: mc.ModelConfig, spec: PipelineSpec) -> mc.ModelConfig:
+def _with_parameters(config: mc.ModelConfig, spec: PipelineSpec, options: ServingOptions) -> mc.ModelConfig:
     """The pipeline marker and its limits, read back by the frontend."""
-    parameters = {PIPELINE_MARKER_PARAMETER: "true"} | spec.limits.to_parameters()
+    limits = replace(spec.limits, streams=options.streams and not spec.limits.is_video)
+    parameters = {PIPELINE_MARKER_PARAMETER: "true"} | limits.to_parameters()
     for key, value in parameters.items():
         config.parameters[key].string_value = value
     return config

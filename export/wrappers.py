@@ -62,9 +62,10 @@ class VaeEncoderWrapper(nn.Module):
         self.scaling_factor = scaling_factor
         self.shift_factor = shift_factor or 0.0
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        latent = self.vae.encode(image, return_dict=False)[0].mode()
-        return (latent - self.shift_factor) * self.scaling_factor
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Mode and std, not a sample: the sample is drawn from the request's generator outside (img2img).
+        distribution = self.vae.encode(image, return_dict=False)[0]
+        return (distribution.mode() - self.shift_factor) * self.scaling_factor, distribution.std * self.scaling_factor
 
 
 def component_module(pipe: Any, spec: PipelineSpec, component: str) -> nn.Module:

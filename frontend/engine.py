@@ -13,7 +13,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
@@ -26,11 +26,18 @@ from dgate.core.tensors import (
     CANCEL_MODEL,
     CANCEL_REQUEST_ID,
     CONDITIONING_IMAGE,
+    EDIT_IMAGE,
+    EDIT_MASK,
     ENSEMBLE_OUTPUT,
     LORA_CHECK_MODEL,
     LORA_INPUT,
+    PARTIAL_IMAGES,
+    PARTIAL_INDEX_OUTPUT,
+    PARTIAL_OUTPUT,
     PIPELINE_MARKER_PARAMETER,
     PROGRESS_OUTPUT,
+    STEPS_OUTPUT,
+    STREAM_PROGRESS,
     VIDEO_OUTPUT,
     infer_inputs,
     request_tensors,
@@ -228,9 +235,48 @@ class TritonImageEngine:
             return False
         return True
 
-    async def generate(self, name: str, params: GenerationParams) -> np.ndarray:
-        inputs = infer_inputs(grpcclient, vars(params))
+    async def generate(self, name: str, params: GenerationParams, *, edit: EditImages | None = None,
+                       partial_images: int = 0, on_step: StepCallback | None = None,
+                       on_partial: PartialCallback | None = None) -> np.ndarray:
+        """A streaming pipeline (the async denoiser) is asked over Triton's gRPC stream, where its
+        progress and partial images arrive before the images; a blocking one by one infer call."""
+        limits = await self.pipeline_limits(name)
+        if (partial_images or on_step is not None) and not limits.streams:
+            raise InvalidRequestError(f"{name} was exported with the blocking denoiser (dgate export --denoiser "
+                                      "blocking): it sends no progress or partial images", "stream")
+        if edit is not None and not limits.edits:
+            raise InvalidRequestError(f"{name} ({limits.family}) cannot edit images", "model")
+        values: dict[str, object] = dict(vars(params))
+        if edit is not None:
+            values[EDIT_IMAGE.name] = np.ascontiguousarray(edit.image, dtype=np.uint8)[None]
+            if edit.mask is not None:
+                values[EDIT_MASK.name] = np.ascontiguousarray(edit.mask, dtype=np.uint8)[None]
+        if partial_images:
+            values[PARTIAL_IMAGES.name] = partial_images
+        if on_step is not None:
+            values[STREAM_PROGRESS.name] = True
+        inputs = infer_inputs(grpcclient, values, tensors=request_tensors("image"))
         request_id = f"image-{secrets.token_hex(8)}"
+        if not limits.streams:
+            return check_images(await self._infer_images(name, inputs, request_id), params)
+        outputs = [PROGRESS_OUTPUT, STEPS_OUTPUT, PARTIAL_OUTPUT, PARTIAL_INDEX_OUTPUT, ENSEMBLE_OUTPUT]
+
+        async def on_response(result: Any) -> bool:
+            images = result.as_numpy(ENSEMBLE_OUTPUT.name)
+            if images is not None:
+                return True
+            partial = result.as_numpy(PARTIAL_OUTPUT.name)
+            if partial is not None and on_partial is not None:
+                await on_partial(int(result.as_numpy(PARTIAL_INDEX_OUTPUT.name)[0]), partial)
+            steps = result.as_numpy(STEPS_OUTPUT.name)
+            if steps is not None and on_step is not None:
+                await on_step(int(steps[0]), int(steps[1]))
+            return False
+
+        final = await self._stream(name, inputs, request_id, [t.name for t in outputs], on_response, "images")
+        return check_images(final.as_numpy(ENSEMBLE_OUTPUT.name), params)
+
+    async def _infer_images(self, name: str, inputs: list[Any], request_id: str) -> np.ndarray:
         try:
             result = await self.client.infer(
                 name,
@@ -249,13 +295,43 @@ class TritonImageEngine:
         images = result.as_numpy(ENSEMBLE_OUTPUT.name)
         if images is None:
             raise EngineError(f"pipeline '{name}' returned no '{ENSEMBLE_OUTPUT.name}' output")
-        return check_images(images, params)
+        return images
+
+    async def _stream(self, name: str, inputs: list[Any], request_id: str, outputs: list[str],
+                      on_response: Callable[[Any], Awaitable[bool]], what: str) -> Any:
+        """One request over Triton's gRPC stream (decoupled denoisers: Triton's HTTP and unary gRPC
+        endpoints refuse them); `on_response` sees each response and says whether it is the final one.
+        Cancelling the awaiting task (client gone, job deleted, shutdown) cancels the request in Triton."""
+
+        async def requests() -> AsyncIterator[dict]:
+            yield {"model_name": name, "inputs": inputs, "request_id": request_id,
+                   "outputs": [grpcclient.InferRequestedOutput(output) for output in outputs]}
+
+        stream = self.client.stream_infer(requests())
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                async for result, error in stream:
+                    if error is not None:
+                        raise error
+                    if await on_response(result):
+                        return result
+        except InferenceServerException as exc:
+            self._limits.pop(name, None)
+            raise _map_error(exc, name) from exc
+        except TimeoutError as exc:
+            await self._cancel(request_id)
+            raise EngineTimeout(f"Triton did not finish the {what} in {self._request_timeout_s:g} s") from exc
+        except asyncio.CancelledError:
+            await asyncio.shield(self._cancel(request_id))
+            raise
+        finally:
+            stream.cancel()
+        raise EngineError(f"pipeline '{name}' ended the stream without its {what}")
 
     async def generate_video(self, name: str, params: GenerationParams, image: np.ndarray | None,
                              on_progress: ProgressCallback | None = None) -> np.ndarray:
         """Over Triton's gRPC stream: the video denoiser is decoupled and answers each step with
-        `progress`, then with `video` (Triton's HTTP and unary gRPC endpoints refuse decoupled models).
-        Cancelling the awaiting task cancels the stream, and Triton cancels the request."""
+        `progress`, then with `video`."""
         limits = await self.pipeline_limits(name)
         values: dict[str, object] = dict(vars(params))
         if limits.takes_image:
@@ -264,39 +340,17 @@ class TritonImageEngine:
                                           "input_reference")
             values[CONDITIONING_IMAGE.name] = np.ascontiguousarray(image, dtype=np.uint8)
         inputs = infer_inputs(grpcclient, values, tensors=request_tensors(limits.task, limits.takes_image))
-        request_id = f"video-{secrets.token_hex(8)}"
 
-        async def requests() -> AsyncIterator[dict]:
-            yield {"model_name": name, "inputs": inputs, "request_id": request_id,
-                   "outputs": [grpcclient.InferRequestedOutput(PROGRESS_OUTPUT.name),
-                               grpcclient.InferRequestedOutput(VIDEO_OUTPUT.name)]}
+        async def on_response(result: Any) -> bool:
+            if result.as_numpy(VIDEO_OUTPUT.name) is not None:
+                return True
+            if on_progress is not None:
+                await on_progress(float(result.as_numpy(PROGRESS_OUTPUT.name)[0]))
+            return False
 
-        video = None
-        stream = self.client.stream_infer(requests())
-        try:
-            async with asyncio.timeout(self._request_timeout_s):
-                async for result, error in stream:
-                    if error is not None:
-                        raise error
-                    frames = result.as_numpy(VIDEO_OUTPUT.name)
-                    if frames is not None:
-                        video = frames
-                        break
-                    if on_progress is not None:
-                        await on_progress(float(result.as_numpy(PROGRESS_OUTPUT.name)[0]))
-        except InferenceServerException as exc:
-            self._limits.pop(name, None)
-            raise _map_error(exc, name) from exc
-        except TimeoutError as exc:
-            await self._cancel(request_id)
-            raise EngineTimeout(f"Triton did not finish the video in {self._request_timeout_s:g} s") from exc
-        except asyncio.CancelledError:  # the job was deleted (or the frontend is stopping)
-            await asyncio.shield(self._cancel(request_id))
-            raise
-        finally:
-            stream.cancel()
-        if video is None:
-            raise EngineError(f"pipeline '{name}' ended the stream without a '{VIDEO_OUTPUT.name}' output")
+        final = await self._stream(name, inputs, f"video-{secrets.token_hex(8)}",
+                                   [PROGRESS_OUTPUT.name, VIDEO_OUTPUT.name], on_response, "video")
+        video = final.as_numpy(VIDEO_OUTPUT.name)
         expected = (1, params.num_frames, params.height, params.width, 3)
         if video.dtype != np.uint8 or video.shape != expected:
             raise EngineError(f"pipeline returned video {video.dtype}{list(video.shape)}, "

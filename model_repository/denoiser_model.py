@@ -1,77 +1,169 @@
-"""The scheduler loop as a Triton Python model; every step calls the UNet/transformer through BLS.
+"""The image denoiser as a Triton Python model: everything after the text encoders, through BLS.
 
-Each instance runs one request at a time; the steps of requests on different instances meet in the
-UNet model's dynamic batcher. (python_backend runs an `async def execute` concurrently with the next
-requests only for decoupled models, and Triton's HTTP and non-streaming gRPC endpoints refuse an
-ensemble with a decoupled step, so concurrency here comes from instances.) Each instance is a
-process holding torch + diffusers (~250 MB PSS), so the count is a memory/throughput trade-off.
+`ImageDenoiser` holds what both designs share: reading a request (parameters, edit image and mask,
+adapters, what a streaming client asked for) and building each BLS request of the request's program
+(`dgate.core.generate.image_program`: VAE encoder for an edit, the UNet/transformer once per step,
+the VAE decoder). `TritonPythonModel` here is the *blocking* design (`dgate export --denoiser
+blocking`): each instance runs one request at a time and answers it once, so the ensemble serves
+plain HTTP/gRPC infer calls; concurrency comes from instances. The async design is
+`image_denoiser_model`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from dgate.core.denoise import denoise
+from dgate.core.denoise import DenoiseCancelled, StepState
+from dgate.core.edit import EditSource
 from dgate.core.errors import InvalidRequestError
+from dgate.core.generate import Arrays, Program, image_program, run_blocking
 from dgate.core.lora.request import adapters_dir, decode_adapters
-from dgate.core.tensors import LORA_CHECK_MODEL, LORA_INPUT
+from dgate.core.params import DenoiseParams
+from dgate.core.previews import preview_images, preview_steps
+from dgate.core.tensors import (
+    EDIT_IMAGE,
+    EDIT_MASK,
+    ENSEMBLE_OUTPUT,
+    LORA_CHECK_MODEL,
+    LORA_INPUT,
+    MAX_PARTIAL_IMAGES,
+    PARTIAL_IMAGES,
+    PARTIAL_INDEX_OUTPUT,
+    PARTIAL_OUTPUT,
+    PROGRESS_OUTPUT,
+    STEPS_OUTPUT,
+    STREAM_PROGRESS,
+    STRENGTH,
+    model_name,
+)
 from dgate.model_repository.denoiser_base import DenoiserModel
 from dgate.model_repository.triton_io import (
     denoise_params,
     error_response,
     input_scalar,
+    optional_array,
 )
 
 
-class TritonPythonModel(DenoiserModel):
+@dataclass(frozen=True)
+class ImageRequest:
+    params: DenoiseParams
+    edit: EditSource | None
+    lora: str  # the adapters the denoiser's rows carry ("" = none)
+    partial_images: int  # previews the client wants (streaming)
+    progress: bool  # a response after every step (streaming)
+
+
+class ImageDenoiser(DenoiserModel):
     def initialize(self, args: dict[str, str]) -> None:
         super().initialize(args)
-        self.denoiser_model = self.args.parameter("denoiser_model")
         self.takes_lora = self.args.parameter("lora", "false") == "true"
-        self.model_inputs = [t.name for t in self.family.denoiser_inputs(self.spec)]
 
-    def _predict(self, inputs: dict[str, np.ndarray], lora: bytes) -> np.ndarray:
-        tensors = [pb_utils.Tensor(name, inputs[name]) for name in self.model_inputs]
-        if self.takes_lora:  # every row carries the request's adapters: the batcher mixes requests
-            tensors.append(pb_utils.Tensor(LORA_INPUT, np.array([[lora]] * len(inputs["sample"]), dtype=np.object_)))
-        request = pb_utils.InferenceRequest(
-            model_name=self.denoiser_model, requested_output_names=["noise_pred"], inputs=tensors)
-        response = request.exec()
-        if response.has_error():
-            raise RuntimeError(f"{self.denoiser_model}: {response.error().message()}")
-        return pb_utils.get_output_tensor_by_name(response, "noise_pred").as_numpy()
+    def read(self, request: Any) -> ImageRequest:
+        """The request's values, checked against the pipeline's limits."""
+        params = denoise_params(request)
+        image, mask = optional_array(request, EDIT_IMAGE.name), optional_array(request, EDIT_MASK.name)
+        strength = optional_array(request, STRENGTH.name)
+        if strength is not None:
+            params = DenoiseParams(**(vars(params) | {"strength": float(strength.reshape(-1)[0])}))
+        self.spec.limits.validate(**vars(params))
+        edit = None
+        if image is not None:
+            if not self.spec.limits.edits:
+                raise InvalidRequestError(f"{self.spec.name} ({self.spec.family}) cannot edit images", "image")
+            edit = EditSource(image.reshape(image.shape[-3:]), None if mask is None else mask.reshape(mask.shape[-2:]))
+        elif mask is not None:
+            raise InvalidRequestError("a mask needs the image it masks", "mask")
+        partial = optional_array(request, PARTIAL_IMAGES.name)
+        partial_images = 0 if partial is None else int(partial.reshape(-1)[0])
+        if not 0 <= partial_images <= MAX_PARTIAL_IMAGES:
+            raise InvalidRequestError(
+                f"partial_images must be between 0 and {MAX_PARTIAL_IMAGES}, got {partial_images}", "partial_images")
+        progress = optional_array(request, STREAM_PROGRESS.name)
+        return ImageRequest(params, edit, self._adapters(str(input_scalar(request, LORA_INPUT))), partial_images,
+                            bool(progress is not None and progress.reshape(-1)[0]))
 
-    def _check_adapters(self, lora: str) -> None:
+    def _adapters(self, lora: str) -> str:
+        if lora and self.spec.quantization is not None:
+            self.spec.quantization.check_adapters(self.spec.name, decode_adapters(lora), adapters_dir())
+            return ""  # the fused adapters: already in the quantized weights
+        if lora and not self.takes_lora:
+            raise InvalidRequestError(f"{self.spec.name} is served without LoRA support "
+                                      "(exported for a native backend or with --no-lora)", "lora")
+        return lora
+
+    def adapter_check(self, lora: str) -> Any:
         """Every adapter against every component's weights, before the loop spends a step: BLS errors
         arrive without their code, so a misfit found by the UNet mid-loop would read as a 500."""
-        check = pb_utils.InferenceRequest(
+        return pb_utils.InferenceRequest(
             model_name=LORA_CHECK_MODEL, requested_output_names=["report"],
             inputs=[pb_utils.Tensor("pipeline", np.array([self.spec.name.encode()], dtype=np.object_)),
                     pb_utils.Tensor(LORA_INPUT, np.array([lora.encode()], dtype=np.object_))])
-        response = check.exec()
+
+    @staticmethod
+    def check_adapters_response(response: Any) -> None:
         if response.has_error():  # the check model raises only for adapters that do not fit
             raise InvalidRequestError(response.error().message(), "lora")
 
+    def program(self, request: Any, image_request: ImageRequest, send: Callable[[list[Any]], None] | None = None
+                ) -> Program[np.ndarray]:
+        """The request's program; after every step its callback sends what a streaming client asked for
+        (through `send(output tensors)`) and stops the loop once the request is cancelled."""
+        is_cancelled = self.cancellation_check(request)
+        if is_cancelled():
+            raise DenoiseCancelled("request cancelled")
+
+        def on_step(state: StepState) -> None:
+            if send is not None and image_request.progress:
+                send([pb_utils.Tensor(PROGRESS_OUTPUT.name, np.array([state.done / state.total], dtype=np.float32)),
+                      pb_utils.Tensor(STEPS_OUTPUT.name, np.array([state.done, state.total], dtype=np.int32))])
+            previews = preview_steps(state.total, image_request.partial_images)
+            if send is not None and state.done in previews:
+                send([pb_utils.Tensor(PARTIAL_OUTPUT.name, preview_images(self.spec, state.latents)),
+                      pb_utils.Tensor(PARTIAL_INDEX_OUTPUT.name,
+                                      np.array([previews.index(state.done)], dtype=np.int32))])
+            if state.done < state.total and is_cancelled():
+                raise DenoiseCancelled("request cancelled")
+
+        return image_program(self.spec, image_request.params, self.schedulers, self.encoded_prompt(request),
+                             image_request.edit, on_step)
+
+    def component_request(self, component: str, inputs: Arrays, lora: str) -> Any:
+        """One BLS request to a component model of this pipeline."""
+        input_specs, output_specs = self.family.component_io(self.spec, component)
+        tensors = [pb_utils.Tensor(t.name, np.ascontiguousarray(inputs[t.name], dtype=t.numpy_dtype))
+                   for t in input_specs]
+        if lora and component == self.spec.denoiser_component:  # every row carries the request's adapters
+            rows = len(inputs["sample"])
+            tensors.append(pb_utils.Tensor(LORA_INPUT, np.array([[lora.encode()]] * rows, dtype=np.object_)))
+        return pb_utils.InferenceRequest(model_name=model_name(self.spec.name, component),
+                                         requested_output_names=[t.name for t in output_specs], inputs=tensors)
+
+    def component_outputs(self, component: str, response: Any) -> Arrays:
+        if response.has_error():
+            raise RuntimeError(f"{model_name(self.spec.name, component)}: {response.error().message()}")
+        _, output_specs = self.family.component_io(self.spec, component)
+        return {t.name: pb_utils.get_output_tensor_by_name(response, t.name).as_numpy() for t in output_specs}
+
+
+class TritonPythonModel(ImageDenoiser):
     def _run(self, request: Any) -> Any:
         try:
-            params = denoise_params(request)
-            self.spec.limits.validate(**vars(params))
-            lora = str(input_scalar(request, LORA_INPUT))
-            if lora and self.spec.quantization is not None:
-                self.spec.quantization.check_adapters(self.spec.name, decode_adapters(lora), adapters_dir())
-                lora = ""  # the fused adapters: already in the quantized weights
-            if lora and not self.takes_lora:
-                raise InvalidRequestError(f"{self.spec.name} is served without LoRA support "
-                                          "(exported for a native backend or with --no-lora)", "lora")
-            if lora:
-                self._check_adapters(lora)
-            latents = denoise(self.spec, params, self.schedulers, self.encoded_prompt(request),
-                              lambda inputs: self._predict(inputs, lora.encode()),
-                              is_cancelled=self.cancellation_check(request))
-            return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("latents", latents)])
+            image_request = self.read(request)
+            if image_request.lora:
+                self.check_adapters_response(self.adapter_check(image_request.lora).exec())
+
+            def call(component: str, inputs: Arrays) -> Arrays:
+                return self.component_outputs(component, self.component_request(component, inputs,
+                                                                                image_request.lora).exec())
+
+            images = run_blocking(self.program(request, image_request), call)
+            return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(ENSEMBLE_OUTPUT.name, images)])
         except Exception as error:
             return error_response(error)
         finally:

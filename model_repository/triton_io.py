@@ -35,6 +35,12 @@ def input_array(request: Any, name: str) -> np.ndarray:
     return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
 
 
+def optional_array(request: Any, name: str) -> np.ndarray | None:
+    """An optional input's array, or None when the request left it out."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
 def input_scalar(request: Any, name: str) -> Any:
     value = input_array(request, name).reshape(-1)[0]
     return value.decode("utf-8") if isinstance(value, bytes) else value.item()

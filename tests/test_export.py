@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -49,7 +50,11 @@ def test_repository_has_every_model_with_onnx_and_shims(model_repository: Path, 
             assert config.backend == "python" and config.dynamic_batching.max_queue_delay_microseconds > 0
         for encoder in spec.text_encoders:
             assert (model_repository / f"{pipeline}_tokenize" / "1" / encoder.tokenizer / "tokenizer.json").is_file()
-        assert PipelineSpec.load(model_repository / f"{pipeline}_denoiser" / "1" / "pipeline.json") == spec
+        exported = PipelineSpec.load(model_repository / f"{pipeline}_denoiser" / "1" / "pipeline.json")
+        if not spec.limits.is_video:  # partial images: the latent -> RGB map fitted to the VAE at export
+            assert len(exported.preview_rgb) == spec.latent_channels + 1
+            assert all(len(row) == 3 for row in exported.preview_rgb)
+        assert replace(exported, preview_rgb=()) == spec
     assert not [p for p in model_repository.iterdir() if p.name.startswith(".")], "staging dirs left behind"
     transformer = onnx.load(str(model_repository / "tiny-pixart_transformer" / "1" / "model.onnx"))
     assert "If" not in {node.op_type for node in transformer.graph.node}
@@ -80,8 +85,16 @@ def test_ensemble_wires_the_component_tensors(specs: dict[str, PipelineSpec], lo
             assert list(steps) == [*tokenize_step, *encoders, "denoiser"]
             assert {t.name for t in config.output} == {"video", "progress"}
             assert _parse(render(video_denoiser_config(spec, options))).model_transaction_policy.decoupled
-        else:
-            assert list(steps) == ["tokenize", *encoders, "denoiser", "vae_decoder", "postprocess"]
+        else:  # the denoiser runs the VAE through BLS; async (the default): decoupled, streaming
+            assert list(steps) == ["tokenize", *encoders, "denoiser"]
+            assert {t.name for t in config.output} == {"images", "progress", "steps", "partial_image",
+                                                       "partial_image_index"}
+            assert _parse(render(denoiser_config(spec, options))).model_transaction_policy.decoupled
+            assert {t.name for t in config.input if t.optional} == {"image", "mask", "strength", "partial_images",
+                                                                    "stream_progress"}
+            blocking = replace(options, denoiser="blocking")
+            assert {t.name for t in _parse(render(ensemble_config(spec, blocking))).output} == {"images"}
+            assert not _parse(render(denoiser_config(spec, blocking))).model_transaction_policy.decoupled
         if not encoders:
             continue
         tokenize = _parse(render(tokenize_config(spec, options)))

@@ -11,10 +11,12 @@ the same image as diffusers; what differs per family comes from its adapter.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from dgate.core.edit import EncodedEdit
 from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
 from dgate.core.params import DenoiseParams
@@ -35,21 +37,48 @@ def request_generator(params: DenoiseParams) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(params.seed)
 
 
+@dataclass(frozen=True)
+class StepState:
+    """Where a request's loop is after a step: `latents` as the scheduler left them (unpacked)."""
+
+    done: int
+    total: int
+    latents: torch.Tensor
+
+
+# Called after every step (progress, previews, cancellation: raise DenoiseCancelled to stop).
+OnStep = Callable[[StepState], None]
+
+
 def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFactory, text: TextOutputs,
-                  generator: torch.Generator | None = None) -> Steps:
+                  generator: torch.Generator | None = None, *, edit: EncodedEdit | None = None,
+                  on_step: OnStep | None = None) -> Steps:
     """Yield each step's denoiser model inputs, receive its noise_pred; return the final latents
     [n, C, h, w] (video: [n, C, F, h, w] or [n, F, C, h, w], the family's layout; float32, unpacked,
-    before the VAE's scaling). `generator`: the request's, when conditioning already drew from it."""
+    before the VAE's scaling). `generator`: the request's, when conditioning already drew from it.
+
+    `edit`: img2img from the image's latents noised to `params.strength` (the schedule starts part
+    way), and with a mask, inpainting: after every step the area to keep is reset to the image's
+    latents noised to the next timestep, as diffusers' inpaint pipelines do for a 4-channel UNet.
+    """
     family = family_of(spec)
     generator = generator or request_generator(params)
     scheduler = schedulers(params.scheduler)
     family.set_timesteps(scheduler, spec, params)
-    latents = family.initial_latents(spec, params, scheduler, generator)
+    timesteps = scheduler.timesteps
+    if edit is None:
+        latents = family.initial_latents(spec, params, scheduler, generator)
+    else:
+        timesteps = family.edit_timesteps(scheduler, params)
+        latents, image_latents, noise = family.edit_latents(spec, params, scheduler, generator, edit, timesteps)
     extra = family.step_kwargs(scheduler, generator)
     cfg = family.cfg_scale(params)
     inputs = family.conditioning(spec, text, params, cfg is not None)
+    keep = None
+    if edit is not None and edit.mask is not None:  # 1 where the image is kept, at latent size
+        keep = 1 - torch.nn.functional.interpolate(edit.mask, size=latents.shape[-2:])
 
-    for t in scheduler.timesteps:
+    for index, t in enumerate(timesteps):
         model_input = torch.cat([latents] * 2) if cfg is not None else latents
         if family.scales_model_input:
             model_input = scheduler.scale_model_input(model_input, t)
@@ -62,6 +91,13 @@ def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: Schedul
             uncond, cond = noise_pred.chunk(2)
             noise_pred = uncond + cfg * (cond - uncond)
         latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
+        if keep is not None:
+            kept = image_latents
+            if index < len(timesteps) - 1:
+                kept = family.add_noise(scheduler, image_latents, noise, timesteps[index + 1 : index + 2])
+            latents = keep * kept + (1 - keep) * latents
+        if on_step is not None:
+            on_step(StepState(index + 1, len(timesteps), latents))
     return latents.numpy().astype(np.float32, copy=False)
 
 
@@ -70,18 +106,19 @@ def denoise(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFact
             generator: torch.Generator | None = None, on_step: Callable[[int, int], None] | None = None
             ) -> np.ndarray:
     """Run the loop with a blocking model call; `on_step(done, total)` after every step (progress)."""
-    steps = denoise_steps(spec, params, schedulers, text, generator)
-    total, done = params.num_inference_steps, 0
+
+    def after_step(state: StepState) -> None:
+        if on_step is not None:
+            on_step(state.done, state.total)
+        if state.done < state.total and is_cancelled():
+            raise DenoiseCancelled("request cancelled")
+
+    if is_cancelled():
+        raise DenoiseCancelled("request cancelled")
+    steps = denoise_steps(spec, params, schedulers, text, generator, on_step=after_step)
     try:
         inputs = next(steps)
         while True:
-            if is_cancelled():
-                raise DenoiseCancelled("request cancelled")
-            noise_pred = predict(inputs)
-            done += 1
-            if on_step is not None:
-                on_step(done, total)
-            inputs = steps.send(noise_pred)
+            inputs = steps.send(predict(inputs))
     except StopIteration as done:
         return done.value
-

@@ -82,6 +82,9 @@ class PipelineSpec:
     # Image-to-video (SVD): the CLIP image encoder's input size and embedding width; 0 = none.
     image_encoder_size: int = 0
     image_embed_dim: int = 0
+    # Partial images: latents -> RGB in [-1, 1] by one linear map, rows = latent channels + a bias row
+    # (fitted to the VAE decoder at export; empty: previews are gray).
+    preview_rgb: tuple[tuple[float, ...], ...] = ()
     format_version: int = FORMAT_VERSION
 
     @property
@@ -125,6 +128,7 @@ class PipelineSpec:
         data["text_encoders"] = tuple(TextEncoderSpec(**encoder) for encoder in data["text_encoders"])
         if data.get("quantization"):
             data["quantization"] = Quantization.from_dict(data["quantization"])
+        data["preview_rgb"] = tuple(tuple(row) for row in data.get("preview_rgb", ()))
         return cls(**data)
 
     @classmethod

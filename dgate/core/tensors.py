@@ -40,6 +40,7 @@ class TensorSpec:
     dtype: str
     dims: tuple[int, ...]
     axes: tuple[str, ...] = ()
+    optional: bool = False  # a request may leave it out (Triton's `optional: true`)
 
     def __post_init__(self) -> None:
         if len(self.axes) != sum(1 for d in self.dims if d == -1):
@@ -97,6 +98,20 @@ CONDITIONING_IMAGE = TensorSpec("image", "TYPE_UINT8", (-1, -1, 3), ("image_heig
 # A video request streams one response per denoising step (`progress` in 0..1), then the frames.
 VIDEO_OUTPUT = TensorSpec("video", "TYPE_UINT8", (-1, -1, -1, -1, 3), ("videos", FRAMES, HEIGHT, WIDTH))
 PROGRESS_OUTPUT = scalar("progress", "TYPE_FP32")
+# Image pipelines: what an edit adds (img2img: the image; inpainting: the mask too, 255 = repaint, at the
+# image's size) and what a streaming client asks for (progress after every step, partial images).
+# All optional: a plain text-to-image request sends none of them.
+EDIT_IMAGE = TensorSpec("image", "TYPE_UINT8", (-1, -1, 3), ("image_height", "image_width"), optional=True)
+EDIT_MASK = TensorSpec("mask", "TYPE_UINT8", (-1, -1), ("image_height", "image_width"), optional=True)
+STRENGTH = TensorSpec("strength", "TYPE_FP32", (1,), optional=True)
+PARTIAL_IMAGES = TensorSpec("partial_images", "TYPE_INT32", (1,), optional=True)  # previews wanted (0..3)
+STREAM_PROGRESS = TensorSpec("stream_progress", "TYPE_BOOL", (1,), optional=True)  # a response per step
+IMAGE_REQUEST_EXTRAS = (EDIT_IMAGE, EDIT_MASK, STRENGTH, PARTIAL_IMAGES, STREAM_PROGRESS)
+# A streaming image pipeline answers with progress and partial images (with their index), then `images`.
+PARTIAL_OUTPUT = TensorSpec("partial_image", "TYPE_UINT8", (-1, -1, -1, 3), ("images", HEIGHT, WIDTH))
+PARTIAL_INDEX_OUTPUT = scalar("partial_image_index", "TYPE_INT32")
+STEPS_OUTPUT = TensorSpec("steps", "TYPE_INT32", (2,))  # with `progress`: (steps done, steps in all)
+MAX_PARTIAL_IMAGES = 3  # OpenAI's limit
 # The inputs the tokenizer model takes; the rest go to the denoiser.
 TEXT_INPUTS = ("prompt", "negative_prompt", "max_sequence_length", "lora")
 # The per-row adapters input of the components that take LoRA (text encoders, the denoiser).
@@ -122,7 +137,7 @@ PIPELINE_MARKER_PARAMETER = "dgate_pipeline"
 def request_tensors(task: str, takes_image: bool = False) -> tuple[TensorSpec, ...]:
     """The ensemble inputs of a pipeline: images, or videos (with the conditioning image for i2v)."""
     if task == "image":
-        return ENSEMBLE_INPUTS
+        return (*ENSEMBLE_INPUTS, *IMAGE_REQUEST_EXTRAS)
     return (*ENSEMBLE_INPUTS, *VIDEO_INPUTS, *((CONDITIONING_IMAGE,) if takes_image else ()))
 
 
@@ -136,6 +151,8 @@ def ensemble_arrays(values: Mapping[str, Any], tensors: tuple[TensorSpec, ...] =
     """
     arrays: dict[str, np.ndarray] = {}
     for tensor in tensors:
+        if tensor.optional and values.get(tensor.name) is None:
+            continue
         value = values[tensor.name]
         if isinstance(value, np.ndarray):
             arrays[tensor.name] = value.astype(tensor.numpy_dtype, copy=False)

@@ -39,6 +39,7 @@ class MotionUNetWrapper(nn.Module):
 class AnimateDiff(StableDiffusion):
     name = "animatediff"
     pipeline_classes = ("AnimateDiffPipeline",)
+    supports_edits = False  # video
     task = "text-to-video"
 
     def video_limits(self, pipe: Any, defaults: dict[str, Any]) -> dict[str, Any]:

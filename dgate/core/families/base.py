@@ -98,6 +98,8 @@ class Family:
     true_cfg: ClassVar[bool] = False
     task: ClassVar[str] = "image"  # "image" | "text-to-video" | "image-to-video"
     vae_encoder_scaled: ClassVar[bool] = True  # the VAE encoder model returns scaled latents (img2img)
+    # img2img and inpainting, where diffusers has the family's img2img and inpaint pipelines to match.
+    supports_edits: ClassVar[bool] = False
     # The TorchScript exporter bakes some traced shapes into constants (Flux's rotary reshape); those
     # denoisers export with torch's dynamo exporter, which keeps the dynamic axes symbolic.
     dynamo_export: ClassVar[bool] = False
@@ -176,6 +178,7 @@ class Family:
             # Longer than the default is allowed (SD3: 256 by default), up to what the pipelines accept.
             max_sequence_length=max(t5_length, MAX_T5_TOKENS) if t5_length else 0,
             true_cfg=self.true_cfg,
+            edits=self.supports_edits,
             precision=self.component_precision(pipe, self.denoiser_component, precision),
         )
         limits |= self.video_limits(pipe, defaults)
@@ -216,8 +219,8 @@ class Family:
         if component == "vae_decoder":
             decoder_in, decoder_out = self.decoder_io(spec)
             return (decoder_in,), (decoder_out,)
-        if component == "vae_encoder":
-            return (image,), (latent,)
+        if component == "vae_encoder":  # the latent distribution's mode and standard deviation
+            return (image,), (latent, replace(latent, name="latent_std"))
         if component == "image_encoder":
             size = spec.image_encoder_size
             return ((TensorSpec("pixel_values", "TYPE_FP32", (3, size, size)),),
@@ -274,6 +277,44 @@ class Family:
         shape = spec.latent_shape(params.num_images, params.height, params.width)
         latents = randn_tensor(shape, generator=generator, dtype=torch.float32)
         return latents * scheduler.init_noise_sigma if self.scales_model_input else latents
+
+    # --- edits (img2img, inpainting) ----------------------------------------------------------------
+    def edit_start(self, params: DenoiseParams) -> int:
+        """The first step an edit runs (img2img/inpaint `get_timesteps`: int(steps * strength) run)."""
+        steps = params.num_inference_steps
+        return max(steps - min(int(steps * params.strength), steps), 0)
+
+    def edit_timesteps(self, scheduler: Any, params: DenoiseParams) -> torch.Tensor:
+        """The timesteps an edit runs, after set_timesteps; the scheduler starts at the first of them."""
+        from dgate.core.errors import InvalidRequestError
+
+        start = self.edit_start(params) * scheduler.order
+        timesteps = scheduler.timesteps[start:]
+        if len(timesteps) < 1:
+            raise InvalidRequestError(f"strength {params.strength} with {params.num_inference_steps} steps runs no "
+                                      "step: raise either", "strength")
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        return timesteps
+
+    def add_noise(self, scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """`latents` noised to timestep `t` (discrete schedulers' add_noise)."""
+        return scheduler.add_noise(latents, noise, t)
+
+    def edit_latents(self, spec: PipelineSpec, params: DenoiseParams, scheduler: Any, generator: torch.Generator,
+                     edit: Any, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(initial latents, image latents, noise) of an edit, drawn in the pipelines' order: the
+        image's latent sample, the noise, then (inpainting) the masked image's sample."""
+        image_latents = edit.image.sample(generator).repeat(params.num_images, 1, 1, 1)
+        noise = randn_tensor(spec.latent_shape(params.num_images, params.height, params.width), generator=generator,
+                             dtype=torch.float32)
+        if edit.mask is not None and params.strength == 1.0:  # inpaint at full strength: pure noise
+            latents = noise * scheduler.init_noise_sigma if self.scales_model_input else noise
+        else:
+            latents = self.add_noise(scheduler, image_latents, noise, timesteps[:1].repeat(params.num_images))
+        if edit.masked_image is not None:
+            edit.masked_image.sample(generator)  # drawn by the pipelines (the 9-channel UNet's input)
+        return latents, image_latents, noise
 
     def timestep_input(self, t: torch.Tensor, rows: int) -> np.ndarray:
         return np.full((rows, 1), float(t), dtype=np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from dgate.core.families.base import Family
 from dgate.core.params import DenoiseParams
@@ -39,6 +40,14 @@ class FlowMatchingFamily(Family):
 
     def sigmas(self, scheduler: Any, params: DenoiseParams) -> np.ndarray | None:
         return None
+
+    def edit_start(self, params: DenoiseParams) -> int:
+        # SD3's and Flux's get_timesteps keep steps * strength as a float before truncating.
+        steps = params.num_inference_steps
+        return int(max(steps - min(steps * params.strength, steps), 0))
+
+    def add_noise(self, scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return scheduler.scale_noise(latents, t, noise)
 
     def set_timesteps(self, scheduler: Any, spec: PipelineSpec, params: DenoiseParams) -> None:
         # diffusers' retrieve_timesteps: explicit sigmas replace the step count.

@@ -58,6 +58,7 @@ class FluxTransformerWrapper(nn.Module):
 class Flux(FlowMatchingFamily):
     name = "flux"
     pipeline_classes = ("FluxPipeline",)
+    supports_edits = True
     denoiser_component = "transformer"
     default_max_shift = 1.15
     true_cfg = True

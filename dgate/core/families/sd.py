@@ -27,6 +27,7 @@ class UNetWrapper(nn.Module):
 class StableDiffusion(Family):
     name = "sd"
     pipeline_classes = ("StableDiffusionPipeline",)
+    supports_edits = True
 
     def text_encoders(self, pipe: Any) -> tuple[TextEncoderSpec, ...]:
         return (clip_encoder(pipe, "", hidden_layer=-1),)

@@ -30,6 +30,7 @@ class SD3TransformerWrapper(nn.Module):
 class StableDiffusion3(FlowMatchingFamily):
     name = "sd3"
     pipeline_classes = ("StableDiffusion3Pipeline",)
+    supports_edits = True
     denoiser_component = "transformer"
     default_max_shift = 1.16
 
