@@ -20,7 +20,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException
 
-from dgate.core.errors import InvalidRequestError
+from dgate.core.errors import InvalidRequestError, unmarked
 from dgate.core.limits import GenerationLimits
 from dgate.core.tensors import (
     CANCEL_MODEL,
@@ -144,6 +144,9 @@ def _status(exc: InferenceServerException) -> str:
 def _map_error(exc: InferenceServerException, name: str | None = None) -> EngineError | InvalidRequestError:
     """tritonclient's exception -> the typed error the HTTP layer maps to a status code."""
     status, message = _status(exc), exc.message() or str(exc)
+    invalid = unmarked(message)
+    if invalid is not None:  # the pipeline's own checks (tokenizer, denoiser) refused a value: a 400
+        return invalid
     if name is not None and (status == "NOT_FOUND" or "is not found" in message):
         return ModelNotFound(name)
     if status == "INVALID_ARGUMENT":

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from dgate.core.errors import InvalidRequestError
+from dgate.core.errors import InvalidRequestError, marked
 from dgate.core.params import DenoiseParams
 from dgate.core.tensors import VIDEO_INPUTS
 
@@ -48,8 +48,11 @@ def input_scalar(request: Any, name: str) -> Any:
 
 def error_response(error: Exception) -> Any:
     """One failed request, without failing the others in the batch."""
-    code = pb_utils.TritonError.INVALID_ARG if isinstance(error, InvalidRequestError) else pb_utils.TritonError.INTERNAL
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error), code))
+    if isinstance(error, InvalidRequestError):
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
+            marked(error), pb_utils.TritonError.INVALID_ARG))
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error),
+                                                                                    pb_utils.TritonError.INTERNAL))
 
 
 def denoise_params(request: Any, video: bool = False) -> DenoiseParams:

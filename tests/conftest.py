@@ -45,18 +45,24 @@ def model_repository(tiny_models: dict[str, Path], quantized_models: dict[str, P
     from dgate.export.triton_config import ServingOptions
 
     repository = tmp_path_factory.mktemp("model_repository")
-    # Two ORT threads per component: this CI machine has two cores. Four denoiser instances, so that
-    # steps of concurrent requests queue up together and the batching test can see them batched
-    # (with two, their steps alternate on the UNet).
-    options = ServingOptions(denoiser_instances=4, onnx_threads=2)
+    # Two ORT threads per component: this CI machine has two cores. The blocking denoiser design
+    # with four instances, so that steps of concurrent requests queue up together and the batching
+    # test can see them batched, and so that plain HTTP/gRPC infer calls reach every family.
+    options = ServingOptions(denoiser="blocking", denoiser_instances=4, onnx_threads=2)
     for name, path in tiny_models.items():
         threshold = {"external_data_threshold": 0} if name == EXTERNAL_DATA_PIPELINE else {}
         export_pipeline(str(path), repository, options=options, **threshold)
+    # The async design (`dgate export`'s default: one decoupled denoiser, streaming) for a UNet and a
+    # DiT family: streaming, edits and the playground are tested on these.
+    for name, source in ASYNC_PIPELINES.items():
+        export_pipeline(str(tiny_models[source]), repository, name=name, options=ServingOptions(onnx_threads=2))
     for name, directory in quantized_models.items():
         export_pipeline(str(tiny_models["tiny-sd"]), repository, name=name, quantized=directory,
                         options=replace(options, denoiser_instances=1))
     return repository
 
+
+ASYNC_PIPELINES = {"tiny-sd-async": "tiny-sd", "tiny-flux-async": "tiny-flux"}
 
 # Served beside tiny-sd: its INT8 calibration (one denoiser instance: 7 more stub processes).
 QUANTIZED_PIPELINE = "tiny-sd-int8"

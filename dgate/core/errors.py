@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
+# Errors on Triton's gRPC stream carry a message but no status code: the denoisers mark a client's
+# mistake with this prefix (and the param) so that the frontend can still answer it with a 400.
+INVALID_MARK = "invalid request"
+
+
+def marked(error: InvalidRequestError) -> str:
+    return f"{INVALID_MARK} (param {error.param or ''}): {error.message}"
+
+
+def unmarked(message: str) -> InvalidRequestError | None:
+    """The InvalidRequestError a marked message stands for, or None."""
+    match = re.search(re.escape(INVALID_MARK) + r" \(param ([^)]*)\): (.*)", message, re.S)
+    return None if match is None else InvalidRequestError(match.group(2), match.group(1) or None)
+
 
 class InvalidRequestError(ValueError):
     """A request parameter is outside what the pipeline allows.
