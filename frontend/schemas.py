@@ -3,14 +3,19 @@
 Decisions a client can see:
 - Unknown request fields are rejected with 400 ("Unrecognized request argument supplied: <field>",
   `param` = the field), like OpenAI does: a misspelt `num_inference_step` must not silently run
-  with defaults. OpenAI fields D-Gate cannot honour (GIF/SVG output, streaming, frame options) are
-  therefore rejected rather than ignored.
+  with defaults. OpenAI fields D-Gate cannot honour (GIF/SVG output, frame options) are therefore
+  rejected rather than ignored.
 - `style`, `moderation`, `complexity`, `user` and `safety_identifier` are accepted and ignored: they
   steer OpenAI's own models/policies and have no diffusion counterpart; `safety_identifier` (else
   `user`) is echoed back as OpenAI does.
 - `background`: `auto`/`opaque` are accepted; `transparent` is a 400, the pipelines output RGB only.
 - `output_compression` (0..100, default 100) is the JPEG/WebP quality, 100 = least compression;
   with `png` it is a 400, as for OpenAI.
+- `stream` + `partial_images` (0..3): Server-Sent Events (see `frontend/streaming.py`); partial images
+  need a pipeline exported with the streaming denoiser (`streams` in its limits).
+- Edits and variations are img2img (or inpainting with a mask) at `strength` (0, 1]: by default 0.8
+  without a mask and 1.0 with one, diffusers' defaults. `input_fidelity` is accepted and ignored: the
+  input image's influence is `strength`'s to set. A variation is an edit with a fixed prompt.
 """
 
 from __future__ import annotations
@@ -65,7 +70,9 @@ class ImageGenerationRequest(BaseModel):
     complexity: Literal["low", "medium", "high"] | None = None
     user: str | None = None
     safety_identifier: str | None = None
-    stream: Literal[False] | None = None
+    stream: bool | None = Field(None, description="true: answer with Server-Sent Events")
+    partial_images: int | None = Field(None, ge=0, le=3, description="previews streamed before the final "
+                                       "image (stream=true; a pipeline with the streaming denoiser)")
     # D-Gate extensions (pass them with the openai client's `extra_body`).
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     num_inference_steps: int | None = Field(None, ge=1)
@@ -124,14 +131,16 @@ class ImageGenerationRequest(BaseModel):
         """The tier reported back; None when explicit num_inference_steps replaced it."""
         return None if self.num_inference_steps is not None else QUALITY_TIERS[self.quality or "auto"]
 
-    def to_params(self, limits: GenerationLimits, *, max_prompt_chars: int) -> GenerationParams:
-        """The ensemble inputs for this request; InvalidRequestError (with `param`) if out of limits."""
+    def to_params(self, limits: GenerationLimits, *, max_prompt_chars: int,
+                  default_size: tuple[int, int] | None = None, strength: float = 1.0) -> GenerationParams:
+        """The ensemble inputs for this request; InvalidRequestError (with `param`) if out of limits.
+        `default_size` (width, height) replaces the pipeline's when the request's size is `auto` or unset."""
         if len(self.prompt) > max_prompt_chars:
             raise InvalidRequestError(
                 f"prompt is {len(self.prompt)} characters long, the maximum is {max_prompt_chars}", "prompt"
             )
         if self.size in (None, "auto"):
-            width, height = limits.default_width, limits.default_height
+            width, height = default_size or (limits.default_width, limits.default_height)
         else:
             width, height = (int(part) for part in self.size.split("x"))
         tier = self.quality_tier
@@ -151,9 +160,58 @@ class ImageGenerationRequest(BaseModel):
             # Checked with the other fields below, so the first bad field is the one reported.
             max_sequence_length=self.max_sequence_length or limits.default_max_sequence_length,
             true_cfg_scale=1.0 if self.true_cfg_scale is None else self.true_cfg_scale,
+            strength=strength,
         )
         limits.validate(**vars(params))
         return params
+
+
+# A variation is an edit, and the tokenizer (like check_prompt) refuses a blank prompt.
+VARIATION_PROMPT = "a variation of the image"
+
+
+class ImageEditRequest(ImageGenerationRequest):
+    """The fields of `POST /v1/images/edits` (multipart, beside the `image` and `mask` files)."""
+
+    input_fidelity: Literal["low", "high"] | None = Field(None, description="accepted and ignored: set how "
+                                                          "much of the image is kept with `strength`")
+    strength: float | None = Field(None, gt=0.0, le=1.0, description="how far the image is noised before "
+                                   "denoising (1 = nothing kept); default 0.8, or 1.0 with a mask. "
+                                   "int(num_inference_steps x strength) steps run")
+
+    def to_edit_params(self, limits: GenerationLimits, *, max_prompt_chars: int, default_size: tuple[int, int],
+                       masked: bool) -> GenerationParams:
+        strength = self.strength if self.strength is not None else 1.0 if masked else 0.8
+        params = self.to_params(limits, max_prompt_chars=max_prompt_chars, default_size=default_size,
+                                strength=strength)
+        if int(params.num_inference_steps * strength) < 1:
+            raise InvalidRequestError(
+                f"strength {strength} of {params.num_inference_steps} steps runs no denoising step "
+                "(int(num_inference_steps x strength) = 0): raise strength or num_inference_steps", "strength")
+        return params
+
+
+class ImageVariationRequest(BaseModel):
+    """The fields of `POST /v1/images/variations` (multipart, beside the `image` file): OpenAI's, and the
+    extensions of an edit. The prompt defaults to VARIATION_PROMPT."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    n: int | None = Field(None, ge=1, le=OPENAI_MAX_IMAGES)
+    size: str | None = None
+    response_format: Literal["b64_json", "url"] | None = None
+    user: str | None = None
+    # D-Gate extensions.
+    prompt: str = Field(VARIATION_PROMPT, min_length=1, description="what the variation shows")
+    strength: float | None = Field(None, gt=0.0, le=1.0, description="how far the image is noised; default 0.8")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    num_inference_steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0.0)
+    negative_prompt: str | None = None
+    scheduler: str | None = None
+    lora: str | list[str] | None = None
+    lora_scale: float | list[float] | None = None
 
 
 class ImageData(BaseModel):
@@ -190,6 +248,28 @@ class ImagesResponse(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     safety_identifier: str | None = None
     seed: int  # D-Gate extension: the seed actually used (random when the request gave none)
+
+
+class ImageStreamEvent(BaseModel):
+    """The fields every streamed image event has (OpenAI's ImageGen/ImageEdit stream events)."""
+
+    type: str  # "<kind>.partial_image" | "<kind>.completed"; kind = image_generation | image_edit
+    b64_json: str
+    created_at: int
+    size: str
+    quality: QualityTier | Literal["auto"]  # "auto" when num_inference_steps replaced the tier
+    background: Literal["opaque"] = "opaque"
+    output_format: Literal["png", "jpeg", "webp"]
+
+
+class ImagePartialImageEvent(ImageStreamEvent):
+    partial_image_index: int  # 0-based; one event per image of the request for each index
+
+
+class ImageCompletedEvent(ImageStreamEvent):
+    usage: Usage = Field(default_factory=Usage)
+    safety_identifier: str | None = None
+    seed: int  # D-Gate extension, as in ImagesResponse
 
 
 class ModelObject(BaseModel):

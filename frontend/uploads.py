@@ -19,10 +19,12 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from fastapi.exceptions import RequestValidationError
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
@@ -35,6 +37,7 @@ FIELDS_BYTES = 1 << 20
 MAX_FIELDS = 64
 # The formats an uploaded image may arrive in; Pillow's rarer decoders stay out of reach.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -139,24 +142,34 @@ def _counts(files: Mapping[str, int]) -> str:
 
 
 @contextmanager
-def opened_image(data: bytes, *, max_pixels: int, param: str) -> Iterator[Image.Image]:
+def opened_image(data: bytes, *, max_pixels: int, param: str, name: str | None = None) -> Iterator[Image.Image]:
     """An uploaded image, opened lazily (header only) and checked to be at most `max_pixels` before the
-    caller decodes it; every decoding failure inside the block is an InvalidRequestError naming `param`."""
+    caller decodes it; every decoding failure inside the block is an InvalidRequestError naming `param`
+    (and `name`, e.g. "image 2", in its message)."""
+    name = name or param
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
             width, height = image.size
             if width * height > max_pixels:
-                raise InvalidRequestError(f"{param} is {width}x{height} = {width * height} pixels; at most "
+                raise InvalidRequestError(f"{name} is {width}x{height} = {width * height} pixels; at most "
                                           f"{max_pixels} are accepted (DGATE_MAX_INPUT_PIXELS)", param)
             yield image
     except InvalidRequestError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidRequestError(f"{param} is refused as a decompression bomb: {exc}", param) from exc
+        raise InvalidRequestError(f"{name} is refused as a decompression bomb: {exc}", param) from exc
     except UnidentifiedImageError as exc:
-        raise InvalidRequestError(f"{param} is not a PNG, JPEG, WebP, GIF or BMP image", param) from exc
+        raise InvalidRequestError(f"{name} is not a PNG, JPEG, WebP, GIF or BMP image", param) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated or corrupt data
-        raise InvalidRequestError(f"{param} could not be decoded: {exc}", param) from exc
+        raise InvalidRequestError(f"{name} could not be decoded: {exc}", param) from exc
+
+
+def parse_fields(model: type[M], fields: dict[str, Any]) -> M:
+    """Form or JSON fields -> `model`; pydantic's errors as FastAPI's, so the one error mapper names the field."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from exc
 
 
 def decode_rgb(data: bytes, *, max_pixels: int, param: str) -> np.ndarray:

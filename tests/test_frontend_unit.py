@@ -522,7 +522,7 @@ BAD_REQUESTS = [
     ({"output_compression": 50}, "output_compression"),  # png
     ({"output_format": "jpeg", "output_compression": 101}, "output_compression"),
     ({"response_format": "base64"}, "response_format"),
-    ({"extra_body": {"stream": True}}, "stream"),
+    ({"stream": True, "partial_images": 4}, "partial_images"),  # streaming is served, up to 3 previews
     ({"extra_body": {"frame_count": 4}}, "frame_count"),
     ({"extra_body": {"num_inference_step": 4}}, "num_inference_step"),
 ]

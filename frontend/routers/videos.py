@@ -3,16 +3,15 @@ only: the jobs live in `video/service.py`, the worker pool in `video/jobs.py`.""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ValidationError
 
 from dgate.frontend.jobs import VideoJob
 from dgate.frontend.jobs.store import ListOrder
 from dgate.frontend.state import AppState, State
+from dgate.frontend.uploads import parse_fields
 from dgate.frontend.video.encoding import CONTENT_TYPES
 from dgate.frontend.video.schemas import (
     Variant,
@@ -25,7 +24,6 @@ from dgate.frontend.video.schemas import (
 from dgate.frontend.video.uploads import REFERENCE_FIELD, read_create_body
 
 router = APIRouter(tags=["videos"])
-M = TypeVar("M", bound=BaseModel)
 
 POLL_HEADER = "openai-poll-after-ms"
 _FILE_EXTENSIONS = {"video": "mp4", "thumbnail": "webp", "spritesheet": "jpg"}
@@ -38,14 +36,6 @@ _CREATE_BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
-def _parse(model: type[M], fields: dict[str, Any]) -> M:
-    """pydantic's errors as FastAPI's, so the one error mapper names the field."""
-    try:
-        return model.model_validate(fields)
-    except ValidationError as exc:
-        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from exc
-
-
 def _answer(job: VideoJob, response: Response, state: AppState) -> VideoObject:
     if job.status in ("queued", "in_progress"):
         response.headers[POLL_HEADER] = str(state.settings.poll_after_ms)
@@ -56,7 +46,7 @@ def _answer(job: VideoJob, response: Response, state: AppState) -> VideoObject:
 @router.post("/v1/video/generations", response_model=VideoObject, openapi_extra=_CREATE_BODY)
 async def create_video(request: Request, response: Response, state: State) -> VideoObject:
     body = await read_create_body(request, max_upload_bytes=int(state.settings.max_upload_mb * 2**20))
-    job = await state.videos.create(_parse(VideoCreateRequest, body.fields), body.reference)
+    job = await state.videos.create(parse_fields(VideoCreateRequest, body.fields), body.reference)
     return _answer(job, response, state)
 
 
