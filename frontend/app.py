@@ -18,7 +18,7 @@ from dgate.frontend.logs import configure_logging
 from dgate.frontend.lora_registry import LoraRegistry
 from dgate.frontend.metrics import Metrics
 from dgate.frontend.middleware import RequestMiddleware
-from dgate.frontend.routers import files, health, image_edits, images, loras, models, playground, videos
+from dgate.frontend.routers import files, health, image_edits, images, loras, models, playground, videos, ws
 from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.state import AppState
 from dgate.frontend.video.service import VideoService
@@ -71,7 +71,7 @@ def create_app(settings: FrontendSettings | None = None, engine: ImageEngine | N
     )
     install_exception_handlers(app, retry_after_s=settings.retry_after_s)
     app.add_middleware(RequestMiddleware, metrics=metrics)
-    for module in (images, image_edits, videos, models, files, health, loras):
+    for module in (images, image_edits, ws, videos, models, files, health, loras):
         app.include_router(module.router)
     app.include_router(playground.router)  # GET / and /static/: the browser playground
     return app
