@@ -51,7 +51,7 @@ async def image_pipeline(state: AppState, requested: str | None, *, edits: bool 
 
 def blocking_denoiser(model: str, what: str, param: str) -> InvalidRequestError:
     return InvalidRequestError(f"{model} was exported with the blocking denoiser, which cannot stream {what}; "
-                               "re-export it with the streaming denoiser", param)
+                               "choose a pipeline exported with `dgate export --denoiser async`", param)
 
 
 def check_streaming(model: str, limits: GenerationLimits, body: ImageGenerationRequest) -> None:
