@@ -115,6 +115,9 @@ function onModelChange() {
   const facts = [m.family, m.precision, m.default_size && `${m.default_size} by default`,
     m.max_size && `up to ${m.max_size}`, m.max_images && `≤ ${m.max_images} images`];
   if (m.edits === false) facts.push("no edits");
+  // A pipeline that says it cannot stream previews still streams its final images.
+  $("partial-images").disabled = m.streams === false;
+  if (m.streams === false) $("partial-images").value = "0";
   $("model-info").textContent = facts.filter(Boolean).join(" · ");
 }
 
@@ -222,6 +225,7 @@ class Gallery {
     $("results").replaceChildren();
     $("results").dataset.partials = "0";
     $("results").dataset.images = "0";
+    delete $("results").dataset.transport;
   }
 
   figure(index) {
@@ -376,6 +380,7 @@ async function submit(event) {
     }
     if (!response.ok) throw await responseError(response);
     const streamed = (response.headers.get("content-type") || "").includes("text/event-stream");
+    $("results").dataset.transport = streamed ? "sse" : "json";
     const shown = streamed ? await readStream(response, gallery) : await readJson(response, gallery);
     gallery.setProgress(1);
     $("seed-value").textContent = shown;
