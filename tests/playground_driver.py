@@ -54,6 +54,7 @@ class PlaygroundRun:
     images: list[dict[str, Any]]  # each final <img>: src (a data: URL), width and height as decoded
     seed: str  # the seed shown ("" if none)
     partials: int  # partial images shown while it ran
+    transport: str  # how the images came: "sse" (the event stream) or "json" (the stream was refused)
     status: str  # the status line
     error: str  # the error box ("" when hidden)
     requests: list[str] = field(default_factory=list)  # every URL the page loaded or fetched
@@ -130,7 +131,8 @@ def _drive(page: Page, base_url: str, form: dict[str, Any], timeout_s: float) ->
                             ("#negative-prompt", form["negative_prompt"])):
         if value is not None:
             page.fill(selector, str(value))
-    page.select_option("#partial-images", str(form["partial_images"]))
+    if page.is_enabled("#partial-images"):  # disabled for a model that says it cannot stream previews
+        page.select_option("#partial-images", str(form["partial_images"]))
     page.click("#generate")
     page.wait_for_selector("#app[data-state=done], #app[data-state=error]")
     # The browser decodes the images asynchronously: wait until every final one has its pixels.
@@ -153,6 +155,7 @@ def _result(page: Page, models: list[str], requests: list[str], sent: list[SentR
         images=images,
         seed=(page.text_content("#seed-value") or "") if page.is_visible("#seed-out") else "",
         partials=int(page.get_attribute("#results", "data-partials") or 0),
+        transport=page.get_attribute("#results", "data-transport") or "",
         status=page.text_content("#status") or "",
         error=(error_box.text_content() or "") if error_box.is_visible() else "",
         requests=list(requests),

@@ -12,6 +12,7 @@ import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ IMAGE_LIMITS = GenerationLimits(
     max_guidance_scale=20.0, default_scheduler="euler", schedulers=("euler", "ddim", "default"),
     default_max_sequence_length=0, max_sequence_length=0, true_cfg=False, streams=True, edits=True,
 )
+BLOCKING_LIMITS = replace(IMAGE_LIMITS, streams=False)  # the blocking denoiser: no partial images
 VIDEO_LIMITS = GenerationLimits(
     family="animatediff", default_width=64, default_height=64, min_size=32, max_width=128, max_height=128,
     size_multiple=8, default_steps=4, max_steps=25, max_images=1, default_guidance_scale=7.5,
@@ -63,7 +65,8 @@ class StreamingEngine:
     page must not offer); it reports every step and the partial images asked for."""
 
     def __init__(self) -> None:
-        self.pipelines = {"tiny-sd": IMAGE_LIMITS, "tiny-animatediff": VIDEO_LIMITS}
+        self.pipelines = {"tiny-sd": IMAGE_LIMITS, "tiny-sd-blocking": BLOCKING_LIMITS,
+                          "tiny-animatediff": VIDEO_LIMITS}
         self.calls: list[dict[str, Any]] = []
 
     async def list_pipelines(self) -> list[str]:
@@ -161,8 +164,10 @@ def test_generate_streams_partials_and_shows_images_and_seed(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(screenshot, ARTIFACTS / "playground.png")
 
-    assert run.models == ["tiny-sd"]  # the video pipeline is not offered
+    assert run.models == ["tiny-sd", "tiny-sd-blocking"]  # the video pipeline is not offered
     assert run.state == "done" and run.error == "", (run.status, run.error)
+    assert run.transport == "sse" and run.partials == 2 * 2  # each partial of each image, as they came
+    assert engine.calls[-1]["partial_images"] == 2
     assert len(run.images) == 2
     for image in run.images:
         assert image["src"].startswith("data:image/png;base64,")
@@ -189,6 +194,42 @@ def test_an_explicit_seed_is_sent_and_shown(served: tuple[str, StreamingEngine],
     assert run.state == "done", run.error
     assert run.seed == "1234567" and engine.calls[-1]["params"].seed == 1234567
     assert len(run.images) == 1 and run.images[0]["width"] == 64  # the model's default size
+
+
+def test_edit_uploads_the_image_and_mask(served: tuple[str, StreamingEngine], browser: Browser,
+                                         tmp_path: Path) -> None:
+    base_url, engine = served
+    source, mask = tmp_path / "source.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(source)
+    Image.new("RGBA", (64, 48), (0, 0, 0, 0)).save(mask)
+    run = see_playground(base_url, browser=browser, prompt="make it blue", edit_image=source, edit_mask=mask,
+                         size="64x48", steps=4, seed=7, partial_images=1, screenshot=tmp_path / "edit.png")
+    assert run.state == "done", (run.status, run.error)
+    assert run.sent[0].url.endswith("/v1/images/edits")
+    assert run.sent[0].content_type.startswith("multipart/form-data")
+    call = engine.calls[-1]
+    assert call["edit"] is not None and call["edit"].image.shape == (48, 64, 3)
+    assert call["edit"].mask is not None
+    assert run.seed == "7" and call["params"].seed == 7
+    assert call["params"].strength == 1.0  # the default with a mask
+    assert run.transport == "sse" and run.partials == 1
+    assert len(run.images) == 1 and (run.images[0]["width"], run.images[0]["height"]) == (64, 48)
+    assert_all_local(run, base_url)
+
+
+def test_a_refused_stream_falls_back_to_one_json_answer(served: tuple[str, StreamingEngine],
+                                                        browser: Browser) -> None:
+    """A pipeline with the blocking denoiser cannot stream previews: the stream is refused with a 400
+    and the page asks again without streaming, showing the images and the seed of the JSON answer."""
+    base_url, engine = served
+    run = see_playground(base_url, browser=browser, model="tiny-sd-blocking", prompt="a quiet harbour",
+                         partial_images=2, seed=99)
+    assert run.state == "done" and run.error == "", (run.status, run.error)
+    assert len(run.images) == 1 and run.images[0]["width"] > 0 and run.seed == "99"
+    call = engine.calls[-1]
+    assert call["name"] == "tiny-sd-blocking" and call["partial_images"] == 0 and call["params"].seed == 99
+    if run.transport == "json":  # asked twice: streamed with previews, then plainly
+        assert [sent.json().get("stream") for sent in run.sent] == [True, None]
 
 
 def test_errors_are_shown(served: tuple[str, StreamingEngine], browser: Browser) -> None:
