@@ -125,6 +125,12 @@ def cmd_bench_lora(args: argparse.Namespace) -> int:
     return run_lora_bench(args)
 
 
+def cmd_bench_designs(args: argparse.Namespace) -> int:
+    from dgate.bench.design_bench import run_design_bench
+
+    return run_design_bench(args)
+
+
 def cmd_bench_video(args: argparse.Namespace) -> int:
     from dgate.bench.video_bench import run_video_bench
 
@@ -197,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     frontend.add_argument("--port", type=int)
     frontend.set_defaults(func=cmd_frontend)
 
+    designs = sub.add_parser("bench-designs", help="the async image denoiser (one instance) against the blocking "
+                             "one (several): throughput, UNet batch, Triton PSS, one run")
+    designs.add_argument("--model", type=Path, action="append", required=True,
+                         help="pipeline folder(s) exported into each design's repository; the first is measured")
+    designs.add_argument("--steps", type=int, default=8)
+    designs.add_argument("--size", type=int, default=0, help="default: the pipeline's default size")
+    designs.add_argument("--concurrency", type=int, default=32)
+    designs.add_argument("--requests", type=int, default=96)
+    designs.add_argument("--blocking-instances", type=int, default=4)
+    designs.add_argument("--onnx-threads", type=int, default=0)
+    designs.set_defaults(func=cmd_bench_designs)
     bench_lora = sub.add_parser("bench-lora", help="LoRA: adapter switch vs model reload, mixed vs single "
                                 "adapter throughput")
     bench_lora.add_argument("--model-repository", type=Path, default=Path("build/model_repository"))

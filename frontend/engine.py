@@ -38,6 +38,7 @@ from dgate.core.tensors import (
     PROGRESS_OUTPUT,
     STEPS_OUTPUT,
     STREAM_PROGRESS,
+    STRENGTH,
     VIDEO_OUTPUT,
     infer_inputs,
     request_tensors,
@@ -250,7 +251,9 @@ class TritonImageEngine:
         if edit is not None and not limits.edits:
             raise InvalidRequestError(f"{name} ({limits.family}) cannot edit images", "model")
         values: dict[str, object] = dict(vars(params))
-        if edit is not None:
+        if edit is None:
+            values.pop(STRENGTH.name)  # an edit's only
+        else:
             values[EDIT_IMAGE.name] = np.ascontiguousarray(edit.image, dtype=np.uint8)[None]
             if edit.mask is not None:
                 values[EDIT_MASK.name] = np.ascontiguousarray(edit.mask, dtype=np.uint8)[None]

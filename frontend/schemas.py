@@ -299,6 +299,8 @@ class ModelObject(BaseModel):
     default_num_frames: int | None = Field(None, description="video: frames when neither seconds nor num_frames")
     max_num_frames: int | None = None
     default_fps: int | None = None
+    streams: bool | None = Field(None, description="images: progress and partial images can stream (SSE, WebSocket)")
+    edits: bool | None = Field(None, description="images: /v1/images/edits and /variations are served")
 
     @classmethod
     def from_limits(cls, model_id: str, created: int, limits: GenerationLimits) -> ModelObject:
@@ -314,7 +316,7 @@ class ModelObject(BaseModel):
             max_sequence_length=limits.max_sequence_length, true_cfg=limits.true_cfg, precision=limits.precision,
             task=limits.task, **({"default_num_frames": limits.default_num_frames,
                                   "max_num_frames": limits.max_num_frames, "default_fps": limits.default_fps}
-                                 if limits.is_video else {}),
+                                 if limits.is_video else {"streams": limits.streams, "edits": limits.edits}),
         )
 
 

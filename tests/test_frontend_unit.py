@@ -404,6 +404,8 @@ MODEL_FIELDS = {
         "max_sequence_length": 512,
         "true_cfg": True,
         "precision": "fp32",
+        "streams": False,
+        "edits": False,
     },
     "tiny-pixart": {
         "family": "pixart",
@@ -423,6 +425,8 @@ MODEL_FIELDS = {
         "max_sequence_length": 300,
         "true_cfg": False,
         "precision": "fp32",
+        "streams": False,
+        "edits": False,
     },
     "tiny-sd": {
         "family": "sd",
@@ -442,6 +446,8 @@ MODEL_FIELDS = {
         "max_sequence_length": 0,
         "true_cfg": False,
         "precision": "fp32",
+        "streams": False,
+        "edits": False,
     },
 }
 OPENAI_MODEL_KEYS = {"id", "object", "created", "owned_by"}
@@ -926,6 +932,10 @@ def test_triton_engine_sends_every_ensemble_input_with_its_dtype() -> None:
             return fake_images(params)
 
     class StubClient:
+        async def get_model_config(self, name: str, **_: Any) -> dict:
+            params = {"dgate_pipeline": "true", **FLUX_LIMITS.to_parameters()}  # the blocking design: unary
+            return {"config": {"name": name, "parameters": {k: {"string_value": v} for k, v in params.items()}}}
+
         async def infer(self, name: str, inputs: list, **_: Any) -> Result:
             sent.update({i.name(): (i.datatype(), i.shape(), i._raw_content) for i in inputs})
             return Result()

@@ -97,9 +97,13 @@ class TritonPath:
 
         self.module, self.url, self.pipeline, self.workload = grpcclient, url, pipeline, workload
         self.client: Any = None
+        self.streams = False
 
     async def open(self) -> None:
         self.client = self.module.InferenceServerClient(self.url)
+        config = (await self.client.get_model_config(self.pipeline, as_json=True))["config"]
+        # The async denoiser design is decoupled: its ensemble answers gRPC streams only.
+        self.streams = config.get("parameters", {}).get("streams", {}).get("string_value") == "True"
 
     async def close(self) -> None:
         if self.client is not None:
@@ -107,9 +111,21 @@ class TritonPath:
 
     async def generate(self, seed: int) -> np.ndarray:
         inputs = infer_inputs(self.module, self.workload.ensemble_values(seed))
-        result = await self.client.infer(self.pipeline, inputs,
-                                         outputs=[self.module.InferRequestedOutput(ENSEMBLE_OUTPUT.name)])
-        return result.as_numpy(ENSEMBLE_OUTPUT.name)
+        outputs = [self.module.InferRequestedOutput(ENSEMBLE_OUTPUT.name)]
+        if not self.streams:
+            result = await self.client.infer(self.pipeline, inputs, outputs=outputs)
+            return result.as_numpy(ENSEMBLE_OUTPUT.name)
+
+        async def requests() -> Any:
+            yield {"model_name": self.pipeline, "inputs": inputs, "outputs": outputs}
+
+        async for result, error in self.client.stream_infer(requests()):
+            if error is not None:
+                raise error
+            images = result.as_numpy(ENSEMBLE_OUTPUT.name)
+            if images is not None:
+                return images
+        raise RuntimeError(f"{self.pipeline} ended the stream without images")
 
 
 class FrontendPath:
