@@ -138,7 +138,7 @@ class ImageDenoiser(DenoiserModel):
         input_specs, output_specs = self.family.component_io(self.spec, component)
         tensors = [pb_utils.Tensor(t.name, np.ascontiguousarray(inputs[t.name], dtype=t.numpy_dtype))
                    for t in input_specs]
-        if lora and component == self.spec.denoiser_component:  # every row carries the request's adapters
+        if self.takes_lora and component == self.spec.denoiser_component:  # every row: the request's adapters
             rows = len(inputs["sample"])
             tensors.append(pb_utils.Tensor(LORA_INPUT, np.array([[lora.encode()]] * rows, dtype=np.object_)))
         return pb_utils.InferenceRequest(model_name=model_name(self.spec.name, component),
