@@ -114,6 +114,16 @@ def _peft_adapters(pipe: Any, files: list[Path], scales: list[float]) -> Iterato
 def diffusers_images(pipe: Any, values: Mapping[str, Any]) -> np.ndarray:
     """The pipeline's own output for the request as uint8 [N, H, W, 3], with the request's scheduler
     and adapters."""
+    return _to_uint8(_run_pipeline(pipe, values, diffusers_call_kwargs(pipe, values)))
+
+
+def _to_uint8(images: Any) -> np.ndarray:
+    # diffusers' numpy output is float [0, 1]; its PIL conversion is (x * 255).round().
+    return (np.asarray(images) * 255).round().astype(np.uint8)
+
+
+def _run_pipeline(pipe: Any, values: Mapping[str, Any], kwargs: dict[str, Any]) -> Any:
+    """`pipe(**kwargs).images` with the request's scheduler and adapters."""
     scheduler = values.get("scheduler", "default")
     original = pipe.scheduler
     if scheduler != "default":
@@ -121,11 +131,41 @@ def diffusers_images(pipe: Any, values: Mapping[str, Any]) -> np.ndarray:
     try:
         pipe.set_progress_bar_config(disable=True)
         with loaded_adapters(pipe, values.get("lora", "")):
-            images = pipe(**diffusers_call_kwargs(pipe, values)).images
+            return pipe(**kwargs).images
     finally:
         pipe.scheduler = original
-    # diffusers' numpy output is float [0, 1]; its PIL conversion is (x * 255).round().
-    return (np.asarray(images) * 255).round().astype(np.uint8)
+
+
+# Edit pipelines whose decode drops the VAE's shift_factor (latents / scaling_factor only), unlike
+# their own encode and every other pipeline of the family: diffusers issue #13611 (issue 1). D-Gate
+# decodes as the rest of the family does, so the reference takes the latents and decodes them so too.
+DECODE_WITHOUT_SHIFT = ("StableDiffusion3InpaintPipeline",)
+
+
+def diffusers_edit(pipe: Any, values: Mapping[str, Any], image: np.ndarray, mask: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """The family's own img2img pipeline (no mask) or inpaint pipeline (mask: uint8 [H, W], 255 =
+    repaint), built from the text-to-image pipeline's components, for the request (image: uint8
+    [H, W, 3], strength from values["strength"]) as uint8 [N, H, W, 3]."""
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+    from PIL import Image
+
+    auto = AutoPipelineForImage2Image if mask is None else AutoPipelineForInpainting
+    edit_pipe = auto.from_pipe(pipe)
+    # A scheduler of its own: from_pipe shares the text-to-image pipeline's (stateful) one.
+    edit_pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    accepted = inspect.signature(type(edit_pipe).__call__).parameters
+    kwargs = {k: v for k, v in diffusers_call_kwargs(edit_pipe, values).items() if k in accepted}
+    kwargs |= {"image": Image.fromarray(image), "strength": float(values["strength"])}
+    if mask is not None:
+        kwargs["mask_image"] = Image.fromarray(mask).convert("L")
+    if type(edit_pipe).__name__ not in DECODE_WITHOUT_SHIFT:
+        return _to_uint8(_run_pipeline(edit_pipe, values, kwargs))
+    latents = _run_pipeline(edit_pipe, values, kwargs | {"output_type": "latent"})
+    vae = edit_pipe.vae
+    with torch.inference_mode():
+        decoded = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
+    return _to_uint8(edit_pipe.image_processor.postprocess(decoded, output_type="np"))
 
 
 def diffusers_video(pipe: Any, values: Mapping[str, Any], image: np.ndarray | None = None) -> np.ndarray:
@@ -208,6 +248,24 @@ def torch_loop_video(pipe: Any, spec: PipelineSpec, values: Mapping[str, Any], i
     text = torch_text_outputs(pipe, spec, values["prompt"], params.negative_prompt) if spec.text_encoders else {}
     return generate_video(spec, params, SchedulerFactory(dict(pipe.scheduler.config)), text, image,
                           torch_component_call(pipe, spec))
+
+
+def _denoise_params(values: Mapping[str, Any]) -> DenoiseParams:
+    return DenoiseParams(**{k: values[k] for k in DenoiseParams.__dataclass_fields__ if k in values})
+
+
+def torch_loop_edit(pipe: Any, spec: PipelineSpec, values: Mapping[str, Any], image: np.ndarray,
+                    mask: np.ndarray | None = None) -> np.ndarray:
+    """D-Gate's image program for an edit (img2img, or inpainting with `mask`) run in process on the
+    pipeline's PyTorch modules: VAE encoder, denoiser and VAE decoder as the exported wrappers."""
+    from dgate.core.edit import EditSource
+    from dgate.core.generate import image_program, run_blocking
+
+    params = _denoise_params(values)
+    text = torch_text_outputs(pipe, spec, values["prompt"], params.negative_prompt, params.max_sequence_length)
+    program = image_program(spec, params, SchedulerFactory(dict(pipe.scheduler.config)), text,
+                            EditSource(image, mask))
+    return run_blocking(program, torch_component_call(pipe, spec))
 
 
 def torch_loop_images(pipe: Any, spec: PipelineSpec, values: Mapping[str, Any]) -> np.ndarray:

@@ -301,6 +301,11 @@ class Family:
         """`latents` noised to timestep `t` (discrete schedulers' add_noise)."""
         return scheduler.add_noise(latents, noise, t)
 
+    def edit_from_noise(self, edit: Any, params: DenoiseParams) -> bool:
+        """Whether the edit starts from the noise alone: the inpaint pipelines' `is_strength_max`
+        (strength 1 with a mask); img2img always noises the image's latents."""
+        return edit.mask is not None and params.strength == 1.0
+
     def edit_latents(self, spec: PipelineSpec, params: DenoiseParams, scheduler: Any, generator: torch.Generator,
                      edit: Any, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(initial latents, image latents, noise) of an edit, drawn in the pipelines' order: the
@@ -308,7 +313,7 @@ class Family:
         image_latents = edit.image.sample(generator).repeat(params.num_images, 1, 1, 1)
         noise = randn_tensor(spec.latent_shape(params.num_images, params.height, params.width), generator=generator,
                              dtype=torch.float32)
-        if edit.mask is not None and params.strength == 1.0:  # inpaint at full strength: pure noise
+        if self.edit_from_noise(edit, params):
             latents = noise * scheduler.init_noise_sigma if self.scales_model_input else noise
         else:
             latents = self.add_noise(scheduler, image_latents, noise, timesteps[:1].repeat(params.num_images))

@@ -47,7 +47,12 @@ class FlowMatchingFamily(Family):
         return int(max(steps - min(steps * params.strength, steps), 0))
 
     def add_noise(self, scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return scheduler.scale_noise(latents, t, noise)
+        # The flow pipelines call scale_noise (sigma * noise + (1 - sigma) * latents). DPM-Solver over
+        # flow sigmas ("flow_dpm++") has no scale_noise, and the pipelines fail with it; its add_noise
+        # is the same interpolation (alpha_t = 1 - sigma, sigma_t = sigma).
+        if hasattr(scheduler, "scale_noise"):
+            return scheduler.scale_noise(latents, t, noise)
+        return scheduler.add_noise(latents, noise, t)
 
     def set_timesteps(self, scheduler: Any, spec: PipelineSpec, params: DenoiseParams) -> None:
         # diffusers' retrieve_timesteps: explicit sigmas replace the step count.

@@ -128,6 +128,11 @@ class Flux(FlowMatchingFamily):
             inputs["guidance"] = np.full((rows, 1), params.guidance_scale, dtype=np.float32)
         return inputs
 
+    def edit_from_noise(self, edit: Any, params: DenoiseParams) -> bool:
+        # FluxInpaintPipeline has no `is_strength_max`: it always scale_noise()s the image's latents
+        # to the first timestep (sigma 1 at full strength, which leaves the noise).
+        return False
+
     def timestep_input(self, t: torch.Tensor, rows: int) -> np.ndarray:
         # FluxPipeline feeds timestep / 1000 (float32 division, as here).
         return np.full((rows, 1), np.float32(float(t)) / np.float32(1000), dtype=np.float32)
