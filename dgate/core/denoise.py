@@ -59,29 +59,35 @@ def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: Schedul
 
     `edit`: img2img from the image's latents noised to `params.strength` (the schedule starts part
     way), and with a mask, inpainting: after every step the area to keep is reset to the image's
-    latents noised to the next timestep, as diffusers' inpaint pipelines do for a 4-channel UNet.
+    latents noised to the next timestep, as diffusers' inpaint pipelines do for a 4-channel UNet
+    (16-channel transformer); an inpainting model (9-channel UNet) instead takes the mask and the
+    masked image's latents as extra input channels every step. The family's `edit_latents` says which.
     """
     family = family_of(spec)
     generator = generator or request_generator(params)
     scheduler = schedulers(params.scheduler)
     family.set_timesteps(scheduler, spec, params)
     timesteps = scheduler.timesteps
+    state = None
     if edit is None:
         latents = family.initial_latents(spec, params, scheduler, generator)
     else:
         timesteps = family.edit_timesteps(scheduler, params)
-        latents, image_latents, noise = family.edit_latents(spec, params, scheduler, generator, edit, timesteps)
+        state = family.edit_latents(spec, params, scheduler, generator, edit, timesteps)
+        latents = state.latents
     extra = family.step_kwargs(scheduler, generator)
     cfg = family.cfg_scale(params)
     inputs = family.conditioning(spec, text, params, cfg is not None)
-    keep = None
-    if edit is not None and edit.mask is not None:  # 1 where the image is kept, at latent size
-        keep = 1 - torch.nn.functional.interpolate(edit.mask, size=latents.shape[-2:])
+    channels = None  # an inpainting model's extra input channels (mask, masked image), one row per model row
+    if state is not None and state.channels is not None:
+        channels = torch.cat([state.channels] * 2) if cfg is not None else state.channels
 
     for index, t in enumerate(timesteps):
         model_input = torch.cat([latents] * 2) if cfg is not None else latents
         if family.scales_model_input:
             model_input = scheduler.scale_model_input(model_input, t)
+        if channels is not None:
+            model_input = torch.cat([model_input, channels], dim=1)
         inputs["sample"] = model_input.numpy()
         inputs["timestep"] = family.timestep_input(t, model_input.shape[0])
         noise_pred = torch.from_numpy((yield inputs))
@@ -91,11 +97,11 @@ def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: Schedul
             uncond, cond = noise_pred.chunk(2)
             noise_pred = uncond + cfg * (cond - uncond)
         latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
-        if keep is not None:
-            kept = image_latents
+        if state is not None and state.keep is not None and state.image_latents is not None:
+            kept = state.image_latents
             if index < len(timesteps) - 1:
-                kept = family.add_noise(scheduler, image_latents, noise, timesteps[index + 1 : index + 2])
-            latents = keep * kept + (1 - keep) * latents
+                kept = family.add_noise(scheduler, kept, state.noise, timesteps[index + 1 : index + 2])
+            latents = state.keep * kept + (1 - state.keep) * latents
         if on_step is not None:
             on_step(StepState(index + 1, len(timesteps), latents))
     return latents.numpy().astype(np.float32, copy=False)

@@ -46,6 +46,20 @@ class EncodedEdit:
     masked_image: VaeMoments | None = None
 
 
+@dataclass(frozen=True)
+class EditLatents:
+    """An edit's state at the start of the loop, as the family's pipelines prepare it."""
+
+    latents: torch.Tensor  # [n, C, h, w] the loop's initial latents
+    noise: torch.Tensor  # [n, C, h, w] the noise drawn for them
+    image_latents: torch.Tensor | None = None  # [n, C, h, w] the image's latent sample
+    # Inpainting by blending (4/16-channel denoisers): 1 where the image is kept, [1, 1, h, w]; after
+    # every step that area is reset to `image_latents` noised to the next timestep.
+    keep: torch.Tensor | None = None
+    # Inpainting models (9-channel UNets): [n, c, h, w] concatenated to the (scaled) sample every step.
+    channels: torch.Tensor | None = None
+
+
 def to_pixels(image: np.ndarray) -> np.ndarray:
     """uint8 [H, W, 3] -> float32 [1, 3, H, W] in [-1, 1] (VaeImageProcessor.preprocess)."""
     return (image.astype(np.float32) / 255.0 * 2.0 - 1.0).transpose(2, 0, 1)[None]

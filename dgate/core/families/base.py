@@ -19,6 +19,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from dgate.core.edit import EditLatents, EncodedEdit
 from dgate.core.images import to_uint8_images
 from dgate.core.limits import GenerationLimits
 from dgate.core.params import DenoiseParams
@@ -306,20 +307,32 @@ class Family:
         (strength 1 with a mask); img2img always noises the image's latents."""
         return edit.mask is not None and params.strength == 1.0
 
-    def edit_latents(self, spec: PipelineSpec, params: DenoiseParams, scheduler: Any, generator: torch.Generator,
-                     edit: Any, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(initial latents, image latents, noise) of an edit, drawn in the pipelines' order: the
-        image's latent sample, the noise, then (inpainting) the masked image's sample."""
-        image_latents = edit.image.sample(generator).repeat(params.num_images, 1, 1, 1)
+    def edit_noise(self, spec: PipelineSpec, params: DenoiseParams, scheduler: Any, generator: torch.Generator,
+                   image_latents: torch.Tensor | None, from_noise: bool, timesteps: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(initial latents, noise): the noise's draw, then the image's latents noised to the first
+        timestep, or the noise alone (scaled by init_noise_sigma) when the edit starts from it."""
         noise = randn_tensor(spec.latent_shape(params.num_images, params.height, params.width), generator=generator,
                              dtype=torch.float32)
-        if self.edit_from_noise(edit, params):
-            latents = noise * scheduler.init_noise_sigma if self.scales_model_input else noise
-        else:
-            latents = self.add_noise(scheduler, image_latents, noise, timesteps[:1].repeat(params.num_images))
-        if edit.masked_image is not None:
-            edit.masked_image.sample(generator)  # drawn by the pipelines (the 9-channel UNet's input)
-        return latents, image_latents, noise
+        if from_noise:
+            return (noise * scheduler.init_noise_sigma if self.scales_model_input else noise), noise
+        if image_latents is None:
+            raise ValueError("an edit that does not start from noise needs the image's latents")
+        return self.add_noise(scheduler, image_latents, noise, timesteps[:1].repeat(params.num_images)), noise
+
+    def edit_latents(self, spec: PipelineSpec, params: DenoiseParams, scheduler: Any, generator: torch.Generator,
+                     edit: EncodedEdit, timesteps: torch.Tensor) -> EditLatents:
+        """The edit's initial state, drawn in the pipelines' order: the image's latent sample, the
+        noise, then (inpainting) the masked image's sample, which a 4/16-channel denoiser does not
+        take (its pipelines draw it all the same); the mask at latent size for the per-step blend."""
+        image_latents = edit.image.sample(generator).repeat(params.num_images, 1, 1, 1)
+        latents, noise = self.edit_noise(spec, params, scheduler, generator, image_latents,
+                                         self.edit_from_noise(edit, params), timesteps)
+        if edit.mask is None or edit.masked_image is None:
+            return EditLatents(latents, noise, image_latents)
+        edit.masked_image.sample(generator)
+        keep = 1 - torch.nn.functional.interpolate(edit.mask, size=latents.shape[-2:])
+        return EditLatents(latents, noise, image_latents, keep=keep)
 
     def timestep_input(self, t: torch.Tensor, rows: int) -> np.ndarray:
         return np.full((rows, 1), float(t), dtype=np.float32)
