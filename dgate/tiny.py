@@ -40,6 +40,7 @@ from diffusers import (
     PixArtTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     StableVideoDiffusionPipeline,
@@ -66,6 +67,8 @@ TINY_PIPELINES: tuple[str, ...] = ("tiny-sd", "tiny-pixart", "tiny-sdxl", "tiny-
                                    "tiny-animatediff", "tiny-svd")
 # Everything `build_tiny_pipeline` can build by name: the defaults plus the Flux "schnell" variant.
 ALL_TINY_PIPELINES: tuple[str, ...] = (*TINY_PIPELINES, "tiny-flux-schnell")
+# Dedicated inpainting models (they make no text-to-image): built by name only, with build_tiny_pipeline.
+INPAINT_TINY_PIPELINES: tuple[str, ...] = ("tiny-sd-inpaint",)
 
 SEED = 0
 CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
@@ -272,12 +275,12 @@ def _sd_euler_scheduler() -> EulerDiscreteScheduler:
     )
 
 
-def _sd_unet(layers_per_block: int) -> UNet2DConditionModel:
-    """SD 1.5's UNet layout at 32/64 channels (seeded)."""
+def _sd_unet(layers_per_block: int, in_channels: int = 4) -> UNet2DConditionModel:
+    """SD 1.5's UNet layout at 32/64 channels (seeded); 9 input channels: SD 1.5-inpainting's."""
     torch.manual_seed(SEED)
     return UNet2DConditionModel(
         sample_size=32,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=layers_per_block,
@@ -300,6 +303,22 @@ def _build_sd() -> StableDiffusionPipeline:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
+        scheduler=_sd_euler_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _build_sd_inpaint() -> StableDiffusionInpaintPipeline:
+    """SD 1.5-inpainting's layout: the UNet takes the latents, the mask and the masked image's latents
+    (4 + 1 + 4 channels) and predicts the latents' noise."""
+    tokenizer = build_clip_tokenizer()
+    return StableDiffusionInpaintPipeline(
+        vae=_build_vae(),
+        text_encoder=_clip_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        unet=_sd_unet(layers_per_block=2, in_channels=9),
         scheduler=_sd_euler_scheduler(),
         safety_checker=None,
         feature_extractor=None,
@@ -525,14 +544,16 @@ _BUILDERS = {
     "tiny-animatediff": _build_animatediff,
     "tiny-svd": _build_svd,
     "tiny-flux-schnell": lambda: _build_flux(schnell=True),
+    "tiny-sd-inpaint": _build_sd_inpaint,
 }
-assert tuple(_BUILDERS) == ALL_TINY_PIPELINES
+assert tuple(_BUILDERS) == (*ALL_TINY_PIPELINES, *INPAINT_TINY_PIPELINES)
 
 
 def build_tiny_pipeline(name: str, out_dir: Path) -> Path:
-    """Build the tiny pipeline `name` (any of ALL_TINY_PIPELINES), save it to `out_dir / name`, return that path."""
+    """Build the tiny pipeline `name` (any of ALL_TINY_PIPELINES or INPAINT_TINY_PIPELINES), save it to
+    `out_dir / name`, return that path."""
     if name not in _BUILDERS:
-        raise ValueError(f"unknown tiny pipeline {name!r}; expected one of {', '.join(ALL_TINY_PIPELINES)}")
+        raise ValueError(f"unknown tiny pipeline {name!r}; expected one of {', '.join(_BUILDERS)}")
     path = Path(out_dir) / name
     # Seed a forked RNG so building neither depends on nor disturbs the caller's random state.
     with torch.random.fork_rng(devices=[]):

@@ -10,13 +10,14 @@ from dgate.core.families.flux import Flux
 from dgate.core.families.pixart import PixArt
 from dgate.core.families.sd import StableDiffusion
 from dgate.core.families.sd3 import StableDiffusion3
+from dgate.core.families.sd_inpaint import StableDiffusionInpaint
 from dgate.core.families.sdxl import StableDiffusionXL
 from dgate.core.families.svd import StableVideoDiffusion
 from dgate.core.pipeline_spec import PipelineSpec
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (StableDiffusion(), StableDiffusionXL(), PixArt(),
                                                     StableDiffusion3(), Flux(), AnimateDiff(),
-                                                    StableVideoDiffusion())}
+                                                    StableVideoDiffusion(), StableDiffusionInpaint())}
 _BY_PIPELINE = {cls: family for family in FAMILIES.values() for cls in family.pipeline_classes}
 SUPPORTED_PIPELINES = tuple(_BY_PIPELINE)
 
