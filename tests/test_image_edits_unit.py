@@ -266,3 +266,21 @@ def test_lora_lists_arrive_as_repeated_bracket_fields(served: tuple[str, Streami
     # Parsed as a list of two adapters; neither is in the (empty) adapters directory.
     assert status == 400 and b"nope-a" in answer
     assert_error_body(answer, param="lora")
+
+
+def test_a_dedicated_inpainting_model_takes_masked_edits_only(client: OpenAI, engine: StreamingEngine) -> None:
+    """A 9-channel inpainting UNet has no text-to-image or img2img: those are a 400 before any work."""
+    engine.pipelines["tiny-inpaint"] = GenerationLimits(**{**vars(engine.pipelines["tiny-sd"]), "inpaint_model": True})
+    try:
+        with pytest.raises(openai.BadRequestError) as error:
+            client.images.generate(model="tiny-inpaint", prompt="a fox", size="64x48")
+        assert error.value.body["param"] == "model"  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError) as error:
+            client.images.edit(image=("in.png", solid(64, 48, (9, 9, 9))), prompt="a fox", model="tiny-inpaint")
+        assert error.value.body["param"] == "mask"  # type: ignore[index]
+        assert not engine.calls
+        result = client.images.edit(image=("in.png", solid(64, 48, (9, 9, 9))), mask=("m.png", mask_png(64, 48)),
+                                    prompt="a fox", model="tiny-inpaint")
+        assert len(result.data) == 1 and engine.calls
+    finally:
+        del engine.pipelines["tiny-inpaint"]

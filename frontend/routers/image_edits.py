@@ -66,7 +66,7 @@ async def _edit(state: AppState, request: Request, body: ImageEditRequest, image
     if not images:
         raise OpenAIError(400, "Missing required parameter: 'image' (upload the image to edit as a file)",
                           param="image", code="missing_required_parameter")
-    model, limits = await image_pipeline(state, body.model, edits=True)
+    model, limits = await image_pipeline(state, body.model, edits=True, masked=mask is not None)
     check_streaming(model, limits, body)
     max_pixels = state.settings.max_input_pixels
     first = await asyncio.to_thread(image_size, images[0], max_pixels=max_pixels)

@@ -35,10 +35,10 @@ T = TypeVar("T")
 EventKind = Literal["image_generation", "image_edit"]
 
 
-async def image_pipeline(state: AppState, requested: str | None, *, edits: bool = False
+async def image_pipeline(state: AppState, requested: str | None, *, edits: bool = False, masked: bool = False
                          ) -> tuple[str, GenerationLimits]:
-    """The pipeline of an image request and its limits; a 400 for a video pipeline, or for edits on one
-    that cannot edit."""
+    """The pipeline of an image request and its limits; a 400 for a video pipeline, for edits on one
+    that cannot edit, and for anything but a masked edit on a dedicated inpainting model."""
     model = await resolve_model(state.engine, requested, state.settings.default_model)
     limits = await state.engine.pipeline_limits(model)
     if limits.is_video:
@@ -46,6 +46,9 @@ async def image_pipeline(state: AppState, requested: str | None, *, edits: bool 
     if edits and not limits.edits:
         raise InvalidRequestError(f"{model} is a {limits.family} pipeline served without image edits "
                                   "(img2img and inpainting): choose a pipeline that has them", "model")
+    if limits.inpaint_model and not (edits and masked):
+        raise InvalidRequestError(f"{model} is an inpainting model: send an image and a mask to /v1/images/edits",
+                                  "mask" if edits else "model")
     return model, limits
 
 
