@@ -32,13 +32,22 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {path.name: path for path in paths}
 
 
+@pytest.fixture(scope="session")
+def inpaint_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Pipelines whose UNet is a dedicated (9-channel) inpainting one: masked edits only."""
+    from dgate.tiny import INPAINT_TINY_PIPELINES, build_tiny_pipelines
+
+    paths = build_tiny_pipelines(tmp_path_factory.mktemp("inpaint_models"), INPAINT_TINY_PIPELINES)
+    return {path.name: path for path in paths}
+
+
 # tiny-sdxl is exported with every weight in an external-data file, the layout every full-size
 # SDXL/SD3/Flux component has (> 2 GB), so serving that layout is covered end to end.
 EXTERNAL_DATA_PIPELINE = "tiny-sdxl"
 
 
 @pytest.fixture(scope="session")
-def model_repository(tiny_models: dict[str, Path], quantized_models: dict[str, Path],
+def model_repository(tiny_models: dict[str, Path], quantized_models: dict[str, Path], inpaint_models: dict[str, Path],
                      tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every tiny pipeline exported into one repository, as `dgate export` does."""
     from dgate.export.pipeline_export import export_pipeline
@@ -56,6 +65,8 @@ def model_repository(tiny_models: dict[str, Path], quantized_models: dict[str, P
     # DiT family: streaming, edits and the playground are tested on these.
     for name, source in ASYNC_PIPELINES.items():
         export_pipeline(str(tiny_models[source]), repository, name=name, options=ServingOptions(onnx_threads=2))
+    for path in inpaint_models.values():
+        export_pipeline(str(path), repository, options=ServingOptions(onnx_threads=2))
     for name, directory in quantized_models.items():
         export_pipeline(str(tiny_models["tiny-sd"]), repository, name=name, quantized=directory,
                         options=replace(options, denoiser_instances=1))

@@ -207,3 +207,23 @@ def test_playground_in_chromium_generates_with_the_tiny_model(frontend: str, tin
     expected = reference_images(tiny_models["tiny-sd"], seed=21, num_inference_steps=6)[0]
     assert np.abs(served.astype(int) - expected.astype(int)).max() <= MAX_PIXEL_DIFFERENCE
     assert run.screenshot is not None and run.screenshot.stat().st_size > 0
+
+
+def test_a_dedicated_inpainting_unet_is_served_at_parity(client: OpenAI, inpaint_models: dict[str, Path]) -> None:
+    """tiny-sd-inpaint (StableDiffusionInpaintPipeline, 9-channel UNet) through Triton and the frontend."""
+    from triton_requests import _pipeline
+
+    from dgate.reference import diffusers_edit
+
+    image = edit_image()
+    alpha = np.full((64, 64), 255, np.uint8)
+    alpha[8:40, 24:56] = 0
+    response = client.images.edit(model="tiny-sd-inpaint", image=("in.png", png(image), "image/png"),
+                                  mask=("mask.png", png(np.dstack([image, alpha]), "RGBA"), "image/png"),
+                                  prompt=DEFAULTS["prompt"], size="64x64",
+                                  extra_body={"seed": 4, "strength": 0.7, "num_inference_steps": 6})
+    served = decode_b64(response.data[0].b64_json)
+    expected = diffusers_edit(_pipeline(inpaint_models["tiny-sd-inpaint"]),
+                              DEFAULTS | {"seed": 4, "strength": 0.7, "num_inference_steps": 6}, image,
+                              np.where(alpha < 128, 255, 0).astype(np.uint8))[0]
+    assert np.abs(served.astype(int) - expected.astype(int)).max() <= MAX_PIXEL_DIFFERENCE
