@@ -254,9 +254,9 @@ class TritonImageEngine:
         if edit is None:
             values.pop(STRENGTH.name)  # an edit's only
         else:
-            values[EDIT_IMAGE.name] = np.ascontiguousarray(edit.image, dtype=np.uint8)[None]
+            values[EDIT_IMAGE.name] = np.ascontiguousarray(edit.image, dtype=np.uint8)  # [H, W, 3]: no batch dim
             if edit.mask is not None:
-                values[EDIT_MASK.name] = np.ascontiguousarray(edit.mask, dtype=np.uint8)[None]
+                values[EDIT_MASK.name] = np.ascontiguousarray(edit.mask, dtype=np.uint8)
         if partial_images:
             values[PARTIAL_IMAGES.name] = partial_images
         if on_step is not None:

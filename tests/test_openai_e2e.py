@@ -31,8 +31,8 @@ from dgate.triton_server import TritonServer, free_ports
 pytestmark = pytest.mark.slow
 
 PIPELINES = ("tiny-pixart", "tiny-sd")  # the frontend's generic behaviour is checked on these two
-ALL_PIPELINES = ("tiny-animatediff", "tiny-flux", "tiny-pixart", "tiny-sd", "tiny-sd-int8", "tiny-sd3", "tiny-sdxl",
-                 "tiny-svd")
+ALL_PIPELINES = ("tiny-animatediff", "tiny-flux", "tiny-flux-async", "tiny-pixart", "tiny-sd", "tiny-sd-async",
+                 "tiny-sd-inpaint", "tiny-sd-int8", "tiny-sd3", "tiny-sdxl", "tiny-svd")
 PROMPT = "a red fox in the snow"
 FAST = {"num_inference_steps": 2}
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -376,9 +376,10 @@ def test_triton_outage_is_a_503_and_the_frontend_recovers(
     model_repository: Path, tmp_path: Path, frontend_launcher: Any
 ) -> None:
     ports = free_ports()
-    # Only tiny-sd (the ensemble loads its steps; the UNet is a BLS target, so it is named): half the
-    # models of the repository, so each of the two starts below takes half the time.
-    args = ["--model-control-mode=explicit", "--load-model=tiny-sd", "--load-model=tiny-sd_unet"]
+    # Only tiny-sd (the ensemble loads its steps; the UNet and the VAE decoder are BLS targets, so they
+    # are named): a few models of the repository, so each of the two starts below is quick.
+    args = ["--model-control-mode=explicit", "--load-model=tiny-sd", "--load-model=tiny-sd_unet",
+            "--load-model=tiny-sd_vae_decoder"]
     servers = [TritonServer(model_repository, ports, log_path=tmp_path / "first.log", extra_args=args)]
     try:
         servers[0].start()

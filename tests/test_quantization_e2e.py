@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +102,7 @@ def fused_triton(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
     recipe = CalibrationRecipe("int8", steps=4, fused_adapters=((adapter, FUSED_SCALE),))
     result = calibrate(str(model), root / "quant", recipe, read_prompts(shipped_prompts(), 8))
     assert result.quantization.fused_components == ("text_encoder",)
-    options = replace(ServingOptions(onnx_threads=2), denoiser_instances=1)
+    options = ServingOptions(denoiser="blocking", onnx_threads=2)  # called with plain gRPC infer below
     export_pipeline(str(model), root / "repository", name="tiny-sd-int8-fused", options=options, quantized=result.out)
     server = TritonServer(root / "repository", free_ports(), log_path=root / "tritonserver.log")
     server.start()
