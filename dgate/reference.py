@@ -160,12 +160,21 @@ def diffusers_edit(pipe: Any, values: Mapping[str, Any], image: np.ndarray, mask
     if mask is not None:
         kwargs["mask_image"] = Image.fromarray(mask).convert("L")
     if type(edit_pipe).__name__ not in DECODE_WITHOUT_SHIFT:
-        return _to_uint8(_run_pipeline(edit_pipe, values, kwargs))
-    latents = _run_pipeline(edit_pipe, values, kwargs | {"output_type": "latent"})
-    vae = edit_pipe.vae
-    with torch.inference_mode():
-        decoded = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
-    return _to_uint8(edit_pipe.image_processor.postprocess(decoded, output_type="np"))
+        images = _to_uint8(_run_pipeline(edit_pipe, values, kwargs))
+    else:
+        latents = _run_pipeline(edit_pipe, values, kwargs | {"output_type": "latent"})
+        vae = edit_pipe.vae
+        with torch.inference_mode():
+            decoded = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
+        images = _to_uint8(edit_pipe.image_processor.postprocess(decoded, output_type="np"))
+    if mask is None:
+        return images
+    # D-Gate keeps the unmasked pixels of the input: diffusers' own overlay (what its inpaint pipelines
+    # do with padding_mask_crop) with the binarized mask.
+    binary = Image.fromarray(np.where(mask >= 128, 255, 0).astype(np.uint8))
+    return np.stack([np.asarray(edit_pipe.image_processor.apply_overlay(binary, Image.fromarray(image),
+                                                                        Image.fromarray(generated)))
+                     for generated in images])
 
 
 def diffusers_video(pipe: Any, values: Mapping[str, Any], image: np.ndarray | None = None) -> np.ndarray:

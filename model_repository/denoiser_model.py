@@ -70,7 +70,10 @@ class ImageDenoiser(DenoiserModel):
         image, mask = optional_array(request, EDIT_IMAGE.name), optional_array(request, EDIT_MASK.name)
         strength = optional_array(request, STRENGTH.name)
         if strength is not None:
-            params = DenoiseParams(**(vars(params) | {"strength": float(strength.reshape(-1)[0])}))
+            # The decimal the client sent, not the float32 nearest to it: the steps an edit runs come
+            # from steps * strength, and 5 * float32(0.6) = 3.0000001 would run one step more.
+            value = np.format_float_positional(np.float32(strength.reshape(-1)[0]), unique=True)
+            params = DenoiseParams(**(vars(params) | {"strength": float(value)}))
         self.spec.limits.validate(**vars(params))
         edit = None
         if image is not None:

@@ -86,6 +86,16 @@ def encoded_edit(source: EditSource, latent: np.ndarray, latent_std: np.ndarray)
     return EncodedEdit(image, torch.from_numpy(binarized_mask(source.mask)), VaeMoments(latent[1:2], latent_std[1:2]))
 
 
+def keep_unmasked(images: np.ndarray, source: EditSource) -> np.ndarray:
+    """Inpainting results with the pixels outside the mask put back from the input, as diffusers'
+    `VaeImageProcessor.apply_overlay` does with a binary mask: what the client did not mask comes
+    back exactly (the VAE's round trip would otherwise alter it), as OpenAI's edits promise."""
+    if source.mask is None:
+        return images
+    repaint = (source.mask >= 128)[None, :, :, None]
+    return np.where(repaint, images, source.image[None]).astype(np.uint8)
+
+
 def check_edit(source: EditSource, height: int, width: int) -> None:
     """The edit's arrays must be at the request's size (the frontend resizes them)."""
     from dgate.core.errors import InvalidRequestError

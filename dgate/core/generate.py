@@ -16,7 +16,7 @@ from typing import TypeVar
 import numpy as np
 
 from dgate.core.denoise import OnStep, denoise_steps, request_generator
-from dgate.core.edit import EditSource, check_edit, encoded_edit, encoder_rows
+from dgate.core.edit import EditSource, check_edit, encoded_edit, encoder_rows, keep_unmasked
 from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
 from dgate.core.images import to_uint8_images
@@ -50,7 +50,8 @@ def image_program(spec: PipelineSpec, params: DenoiseParams, schedulers: Schedul
     except StopIteration as done:
         latents = done.value
     decoded = yield ("vae_decoder", {"latent": latents})
-    return to_uint8_images(decoded["image"])
+    images = to_uint8_images(decoded["image"])
+    return images if edit is None else keep_unmasked(images, edit)
 
 
 def run_blocking(program: Program[T], call: Callable[[str, Arrays], Arrays]) -> T:
