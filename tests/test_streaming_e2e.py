@@ -143,6 +143,9 @@ def edit_image() -> np.ndarray:
     (ASYNC_SD, "tiny-sd", {"seed": 5, "strength": 0.6, "num_inference_steps": 6, "n": 2}),
     # 5 x 0.6 steps: the strength must reach the flow rule as the decimal sent, not as float32 (one step more)
     (ASYNC_FLUX, "tiny-flux", {"seed": 3, "strength": 0.6, "num_inference_steps": 5, "guidance_scale": 3.5}),
+    # The blocking design edits too (plain infer): SDXL's UNet, SD3's transformer.
+    ("tiny-sdxl", "tiny-sdxl", {"seed": 6, "strength": 0.7, "num_inference_steps": 5, "scheduler": "euler_a"}),
+    ("tiny-sd3", "tiny-sd3", {"seed": 7, "strength": 0.75, "num_inference_steps": 4}),
 ])
 def test_edit_img2img_through_triton_equals_diffusers(client: OpenAI, tiny_models: dict[str, Path], model: str,
                                                       source: str, values: dict) -> None:
@@ -158,6 +161,14 @@ def test_edit_img2img_through_triton_equals_diffusers(client: OpenAI, tiny_model
     expected = diffusers_edit(_pipeline(tiny_models[source]), DEFAULTS | values | {"num_images": n}, image, None)
     assert np.abs(served.astype(int) - expected.astype(int)).max() <= MAX_PIXEL_DIFFERENCE  # measured 0-1
     assert expected.std() > 5
+
+
+def test_a_family_without_edits_is_a_400(client: OpenAI) -> None:
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as error:
+        client.images.edit(model="tiny-pixart", image=("in.png", png(edit_image()), "image/png"), prompt="a fox")
+    assert error.value.body["param"] == "model" and "pixart" in error.value.body["message"]  # type: ignore[index]
 
 
 def test_inpaint_through_triton_equals_diffusers(client: OpenAI, tiny_models: dict[str, Path]) -> None:
