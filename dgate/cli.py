@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     designs.add_argument("--concurrency", type=int, default=32)
     designs.add_argument("--requests", type=int, default=96)
     designs.add_argument("--blocking-instances", type=int, default=4)
+    designs.add_argument("--streaming-requests", type=int, default=12,
+                         help="requests one at a time, plain and streamed, for the cost of streaming")
     designs.add_argument("--onnx-threads", type=int, default=0)
     designs.set_defaults(func=cmd_bench_designs)
     bench_lora = sub.add_parser("bench-lora", help="LoRA: adapter switch vs model reload, mixed vs single "

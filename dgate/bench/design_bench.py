@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import statistics
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dgate.bench.footprint import tree_footprint
 from dgate.bench.triton_stats import ModelCounters, StatsProbe
 from dgate.bench.workload import TritonPath, Workload, measure_async
+from dgate.core.tensors import MAX_PARTIAL_IMAGES, PARTIAL_IMAGES, STREAM_PROGRESS
 from dgate.triton_server import TritonServer, free_ports
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,7 @@ class DesignResult:
     unet: ModelCounters
     pss_idle: int
     pss_loaded: int
+    streaming: tuple[float, float] | None  # p50 ms one at a time: plain, streamed (async only)
 
     @property
     def rows_per_execution(self) -> float:
@@ -54,6 +58,27 @@ async def _measure(url: str, pipeline: str, component: str, workload: Workload, 
         return list(level.latencies), level.throughput, after[1] - before[1]
     finally:
         await path.close()
+
+
+async def _streaming_cost(url: str, pipeline: str, workload: Workload, requests: int) -> tuple[float, float]:
+    """p50 latency (ms) of one request at a time, plain vs streamed (progress every step + 3 partial
+    images), alternating request by request on the same seeds so that load drift hits both alike."""
+    plain = TritonPath(url, pipeline, workload)
+    streamed = TritonPath(url, pipeline, workload,
+                          {PARTIAL_IMAGES.name: MAX_PARTIAL_IMAGES, STREAM_PROGRESS.name: True})
+    await plain.open()
+    await streamed.open()
+    try:
+        times: dict[str, list[float]] = {"plain": [], "streamed": []}
+        for seed in range(requests):
+            for label, path in (("plain", plain), ("streamed", streamed))[:: 1 if seed % 2 else -1]:
+                t0 = time.perf_counter()
+                await path.generate(seed)
+                times[label].append(time.perf_counter() - t0)
+        return statistics.median(times["plain"]) * 1000, statistics.median(times["streamed"]) * 1000
+    finally:
+        await plain.close()
+        await streamed.close()
 
 
 def _bench_design(args: argparse.Namespace, design: str, instances: int, workdir: Path) -> DesignResult:
@@ -77,9 +102,11 @@ def _bench_design(args: argparse.Namespace, design: str, instances: int, workdir
         latencies, throughput, unet = asyncio.run(_measure(server.ports.grpc_url, pipeline, spec.denoiser_component,
                                                            workload, args.concurrency, args.requests))
         pss_loaded = tree_footprint(server.process.pid).pss
+        streaming = asyncio.run(_streaming_cost(server.ports.grpc_url, pipeline, workload, args.streaming_requests)
+                                ) if design == "async" else None
     ms = np.asarray(latencies) * 1000
     return DesignResult(design, instances, throughput, float(np.percentile(ms, 50)), float(np.percentile(ms, 95)),
-                        unet, pss_idle, pss_loaded)
+                        unet, pss_idle, pss_loaded, streaming)
 
 
 def run_design_bench(args: argparse.Namespace) -> int:
@@ -97,4 +124,10 @@ def run_design_bench(args: argparse.Namespace) -> int:
               f"{r.p50_ms:>8.0f} {r.p95_ms:>8.0f} {r.rows_per_execution:>14.2f} {r.rows_per_execution / 2:>8.2f} "
               f"{r.pss_idle / 2**20:>11.0f} {r.pss_loaded / 2**20:>13.0f} "
               f"{r.pss_loaded / blocking.pss_loaded - 1:>+14.0%}")
+    for r in results:
+        if r.streaming is not None:
+            plain, streamed = r.streaming
+            print(f"cost of streaming ({r.design}, one request at a time, p50 of {args.streaming_requests} each, "
+                  f"alternating): plain {plain:.0f} ms, with progress every step + {MAX_PARTIAL_IMAGES} partial images "
+                  f"{streamed:.0f} ms ({streamed / plain - 1:+.1%})")
     return 0

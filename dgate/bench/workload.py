@@ -15,7 +15,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dgate.core.tensors import ENSEMBLE_OUTPUT, infer_inputs
+from dgate.core.tensors import (
+    ENSEMBLE_OUTPUT,
+    PARTIAL_INDEX_OUTPUT,
+    PARTIAL_OUTPUT,
+    PROGRESS_OUTPUT,
+    STEPS_OUTPUT,
+    infer_inputs,
+    request_tensors,
+)
+
+STREAMED_OUTPUTS = (PROGRESS_OUTPUT.name, STEPS_OUTPUT.name, PARTIAL_OUTPUT.name, PARTIAL_INDEX_OUTPUT.name)
 
 PROMPT = "a photo of a red fox in the snow, high quality"
 
@@ -92,10 +102,11 @@ class DiffusersPath:
 class TritonPath:
     """The pipeline's ensemble through tritonclient's gRPC asyncio client (one HTTP/2 channel)."""
 
-    def __init__(self, url: str, pipeline: str, workload: Workload) -> None:
+    def __init__(self, url: str, pipeline: str, workload: Workload, extra: dict[str, Any] | None = None) -> None:
         import tritonclient.grpc.aio as grpcclient
 
         self.module, self.url, self.pipeline, self.workload = grpcclient, url, pipeline, workload
+        self.extra = extra or {}  # more ensemble inputs (a streaming request's partial_images, stream_progress)
         self.client: Any = None
         self.streams = False
 
@@ -110,8 +121,10 @@ class TritonPath:
             await self.client.close()
 
     async def generate(self, seed: int) -> np.ndarray:
-        inputs = infer_inputs(self.module, self.workload.ensemble_values(seed))
-        outputs = [self.module.InferRequestedOutput(ENSEMBLE_OUTPUT.name)]
+        inputs = infer_inputs(self.module, self.workload.ensemble_values(seed) | self.extra,
+                              tensors=request_tensors("image"))
+        names = (ENSEMBLE_OUTPUT.name, *(STREAMED_OUTPUTS if self.extra else ()))
+        outputs = [self.module.InferRequestedOutput(name) for name in names]
         if not self.streams:
             result = await self.client.infer(self.pipeline, inputs, outputs=outputs)
             return result.as_numpy(ENSEMBLE_OUTPUT.name)
