@@ -144,8 +144,10 @@ def edit_image() -> np.ndarray:
     # 5 x 0.6 steps: the strength must reach the flow rule as the decimal sent, not as float32 (one step more)
     (ASYNC_FLUX, "tiny-flux", {"seed": 3, "strength": 0.6, "num_inference_steps": 5, "guidance_scale": 3.5}),
     # The blocking design edits too (plain infer): SDXL's UNet, SD3's transformer.
-    ("tiny-sdxl", "tiny-sdxl", {"seed": 6, "strength": 0.7, "num_inference_steps": 5, "scheduler": "euler_a"}),
-    ("tiny-sd3", "tiny-sd3", {"seed": 7, "strength": 0.75, "num_inference_steps": 4}),
+    # (guidance given: the frontend's default is the pipeline's, 5.0 for SDXL and 7.0 for SD3, not 7.5)
+    ("tiny-sdxl", "tiny-sdxl", {"seed": 6, "strength": 0.7, "num_inference_steps": 5, "scheduler": "euler_a",
+                                "guidance_scale": 7.5}),
+    ("tiny-sd3", "tiny-sd3", {"seed": 7, "strength": 0.75, "num_inference_steps": 4, "guidance_scale": 7.5}),
 ])
 def test_edit_img2img_through_triton_equals_diffusers(client: OpenAI, tiny_models: dict[str, Path], model: str,
                                                       source: str, values: dict) -> None:
