@@ -1,5 +1,6 @@
 """What the image and video denoiser models share: the pipeline they loop for, read once, and the
-per-request pieces they both need (the encoded prompt, cancellation)."""
+per-request pieces they both need (the encoded prompt, cancellation, BLS requests to the pipeline's
+component models)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
+import triton_python_backend_utils as pb_utils
 
 from dgate.core.cancellation import CancellationBoard
 from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
+from dgate.core.generate import Arrays
 from dgate.core.pipeline_spec import PIPELINE_FILE, PipelineSpec
 from dgate.core.schedulers import SchedulerFactory
+from dgate.core.tensors import LORA_INPUT, model_name
 from dgate.model_repository.triton_io import ModelArgs, input_array
 
 
@@ -26,6 +31,7 @@ class DenoiserModel:
         self.text_inputs = {e.component: [t.name for t in e.outputs] + ["attention_mask"]
                             for e in self.spec.text_encoders}
         self.cancellations = CancellationBoard()
+        self.takes_lora = self.args.parameter("lora", "false") == "true"  # the denoiser's rows carry `lora`
         # The scheduler math is tiny; the cores belong to the component models' instances.
         torch.set_num_threads(1)
 
@@ -39,3 +45,20 @@ class DenoiserModel:
         runs (server#6739), so also the mark dgate_cancel posts for its request id."""
         request_id = request.request_id()
         return lambda: request.is_cancelled() or self.cancellations.is_cancelled(request_id)
+
+    def component_request(self, component: str, inputs: Arrays, lora: str) -> Any:
+        """One BLS request to a component model of this pipeline."""
+        input_specs, output_specs = self.family.component_io(self.spec, component)
+        tensors = [pb_utils.Tensor(t.name, np.ascontiguousarray(inputs[t.name], dtype=t.numpy_dtype))
+                   for t in input_specs]
+        if self.takes_lora and component == self.spec.denoiser_component:  # every row: the request's adapters
+            rows = len(inputs["sample"])
+            tensors.append(pb_utils.Tensor(LORA_INPUT, np.array([[lora.encode()]] * rows, dtype=np.object_)))
+        return pb_utils.InferenceRequest(model_name=model_name(self.spec.name, component),
+                                         requested_output_names=[t.name for t in output_specs], inputs=tensors)
+
+    def component_outputs(self, component: str, response: Any) -> Arrays:
+        if response.has_error():
+            raise RuntimeError(f"{model_name(self.spec.name, component)}: {response.error().message()}")
+        _, output_specs = self.family.component_io(self.spec, component)
+        return {t.name: pb_utils.get_output_tensor_by_name(response, t.name).as_numpy() for t in output_specs}

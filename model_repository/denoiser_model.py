@@ -39,7 +39,6 @@ from dgate.core.tensors import (
     STEPS_OUTPUT,
     STREAM_PROGRESS,
     STRENGTH,
-    model_name,
 )
 from dgate.model_repository.denoiser_base import DenoiserModel
 from dgate.model_repository.triton_io import (
@@ -60,10 +59,6 @@ class ImageRequest:
 
 
 class ImageDenoiser(DenoiserModel):
-    def initialize(self, args: dict[str, str]) -> None:
-        super().initialize(args)
-        self.takes_lora = self.args.parameter("lora", "false") == "true"
-
     def read(self, request: Any) -> ImageRequest:
         """The request's values, checked against the pipeline's limits."""
         params = denoise_params(request)
@@ -135,23 +130,6 @@ class ImageDenoiser(DenoiserModel):
 
         return image_program(self.spec, image_request.params, self.schedulers, self.encoded_prompt(request),
                              image_request.edit, on_step)
-
-    def component_request(self, component: str, inputs: Arrays, lora: str) -> Any:
-        """One BLS request to a component model of this pipeline."""
-        input_specs, output_specs = self.family.component_io(self.spec, component)
-        tensors = [pb_utils.Tensor(t.name, np.ascontiguousarray(inputs[t.name], dtype=t.numpy_dtype))
-                   for t in input_specs]
-        if self.takes_lora and component == self.spec.denoiser_component:  # every row: the request's adapters
-            rows = len(inputs["sample"])
-            tensors.append(pb_utils.Tensor(LORA_INPUT, np.array([[lora.encode()]] * rows, dtype=np.object_)))
-        return pb_utils.InferenceRequest(model_name=model_name(self.spec.name, component),
-                                         requested_output_names=[t.name for t in output_specs], inputs=tensors)
-
-    def component_outputs(self, component: str, response: Any) -> Arrays:
-        if response.has_error():
-            raise RuntimeError(f"{model_name(self.spec.name, component)}: {response.error().message()}")
-        _, output_specs = self.family.component_io(self.spec, component)
-        return {t.name: pb_utils.get_output_tensor_by_name(response, t.name).as_numpy() for t in output_specs}
 
 
 class TritonPythonModel(ImageDenoiser):

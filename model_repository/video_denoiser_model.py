@@ -15,7 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from dgate.core.errors import InvalidRequestError
-from dgate.core.tensors import CONDITIONING_IMAGE, LORA_INPUT, PROGRESS_OUTPUT, VIDEO_OUTPUT, model_name
+from dgate.core.tensors import CONDITIONING_IMAGE, LORA_INPUT, PROGRESS_OUTPUT, VIDEO_OUTPUT
 from dgate.core.video import generate_video
 from dgate.model_repository.denoiser_base import DenoiserModel
 from dgate.model_repository.triton_io import (
@@ -28,17 +28,8 @@ from dgate.model_repository.triton_io import (
 
 class TritonPythonModel(DenoiserModel):
     def _call(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One BLS request to a component model of this pipeline."""
-        input_specs, output_specs = self.family.component_io(self.spec, component)
-        name = model_name(self.spec.name, component)
-        request = pb_utils.InferenceRequest(
-            model_name=name, requested_output_names=[t.name for t in output_specs],
-            inputs=[pb_utils.Tensor(t.name, np.ascontiguousarray(inputs[t.name], dtype=t.numpy_dtype))
-                    for t in input_specs])
-        response = request.exec()
-        if response.has_error():
-            raise RuntimeError(f"{name}: {response.error().message()}")
-        return {t.name: pb_utils.get_output_tensor_by_name(response, t.name).as_numpy() for t in output_specs}
+        """One BLS request to a component model of this pipeline (video pipelines take no adapters)."""
+        return self.component_outputs(component, self.component_request(component, inputs, "").exec())
 
     def _run(self, request: Any) -> None:
         sender = request.get_response_sender()

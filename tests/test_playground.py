@@ -22,6 +22,7 @@ from frontend_fixtures import start_frontend
 from PIL import Image
 from playground_driver import PlaygroundRun, chromium, see_playground
 from playwright.sync_api import Browser
+from test_frontend_unit import fake_images
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
@@ -46,18 +47,6 @@ VIDEO_LIMITS = GenerationLimits(
     default_max_sequence_length=0, max_sequence_length=0, true_cfg=False, task="text-to-video",
     default_num_frames=8, max_num_frames=16, default_fps=8,
 )
-
-
-def fake_images(params: GenerationParams) -> np.ndarray:
-    """Deterministic images: red = x ramp, green = y ramp, blue = image index and seed."""
-    h, w = params.height, params.width
-    y, x = np.mgrid[0:h, 0:w]
-    images = np.empty((params.num_images, h, w, 3), np.uint8)
-    for i in range(params.num_images):
-        images[i, ..., 0] = x * 255 // max(w - 1, 1)
-        images[i, ..., 1] = y * 255 // max(h - 1, 1)
-        images[i, ..., 2] = (i * 50 + params.seed) % 256
-    return images
 
 
 class StreamingEngine:
