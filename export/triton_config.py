@@ -67,6 +67,10 @@ class ServingOptions:
     def serves_lora(self) -> bool:
         return self.lora and self.triton_backend == "python"
 
+    def __post_init__(self) -> None:
+        if self.denoiser not in DENOISER_DESIGNS:
+            raise ValueError(f"denoiser must be one of {', '.join(DENOISER_DESIGNS)}, got {self.denoiser!r}")
+
     @property
     def streams(self) -> bool:
         return self.denoiser == "async"
