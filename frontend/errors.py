@@ -41,9 +41,12 @@ class OpenAIError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers or {}
 
+    def body(self) -> dict[str, Any]:
+        """The inside of `{"error": ...}`: also what SSE and WebSocket error messages carry."""
+        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return JSONResponse({"error": self.body()}, status_code=self.status, headers=self.headers)
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -40,12 +40,8 @@ def sse_event(data: dict[str, Any]) -> bytes:
     return f"event: {data['type']}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def error_body(error: OpenAIError) -> dict[str, Any]:
-    return {"message": error.message, "type": error.type, "param": error.param, "code": error.code}
-
-
 def error_event(error: OpenAIError) -> bytes:
-    return sse_event({"type": "error", "error": error_body(error)})
+    return sse_event({"type": "error", "error": error.body()})
 
 
 class EventStreamResponse(StreamingResponse):

@@ -20,9 +20,24 @@ import pytest
 import uvicorn
 from openai import OpenAI
 
+from dgate.core.limits import GenerationLimits
 from dgate.frontend.app import create_app
-from dgate.frontend.engine import ImageEngine
+from dgate.frontend.engine import ImageEngine, ModelNotFound
 from dgate.frontend.settings import FrontendSettings
+
+
+class FakePipelines:
+    """The pipeline listing of a fake `ImageEngine`: `pipelines` maps each name to its limits."""
+
+    pipelines: dict[str, GenerationLimits]
+
+    async def list_pipelines(self) -> list[str]:
+        return sorted(self.pipelines)
+
+    async def pipeline_limits(self, name: str) -> GenerationLimits:
+        if name not in self.pipelines:
+            raise ModelNotFound(name)
+        return self.pipelines[name]
 
 
 def start_frontend(

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from frontend_fixtures import start_frontend
+from frontend_fixtures import FakePipelines, start_frontend
 from PIL import Image
 from playground_driver import PlaygroundRun, chromium, see_playground
 from playwright.sync_api import Browser
@@ -26,7 +26,7 @@ from test_frontend_unit import fake_images
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
-from dgate.frontend.engine import EditImages, ModelNotFound, PartialCallback, StepCallback
+from dgate.frontend.engine import EditImages, PartialCallback, StepCallback
 from dgate.frontend.schemas import GenerationParams
 from dgate.frontend.settings import FrontendSettings
 
@@ -49,7 +49,7 @@ VIDEO_LIMITS = GenerationLimits(
 )
 
 
-class StreamingEngine:
+class StreamingEngine(FakePipelines):
     """`ImageEngine` with one streaming, editing image pipeline and one video pipeline (which the
     page must not offer); it reports every step and the partial images asked for."""
 
@@ -57,14 +57,6 @@ class StreamingEngine:
         self.pipelines = {"tiny-sd": IMAGE_LIMITS, "tiny-sd-blocking": BLOCKING_LIMITS,
                           "tiny-animatediff": VIDEO_LIMITS}
         self.calls: list[dict[str, Any]] = []
-
-    async def list_pipelines(self) -> list[str]:
-        return sorted(self.pipelines)
-
-    async def pipeline_limits(self, name: str) -> GenerationLimits:
-        if name not in self.pipelines:
-            raise ModelNotFound(name)
-        return self.pipelines[name]
 
     async def generate(self, name: str, params: GenerationParams, *, edit: EditImages | None = None,
                        partial_images: int = 0, on_step: StepCallback | None = None,

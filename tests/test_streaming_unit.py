@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
-from frontend_fixtures import assert_error_body, make_client, start_frontend
+from frontend_fixtures import FakePipelines, assert_error_body, make_client, start_frontend
 from openai import OpenAI
 from PIL import Image
 from test_frontend_unit import SD_LIMITS, fake_images
 
 from dgate.core.limits import GenerationLimits
 from dgate.core.params import GenerationParams
-from dgate.frontend.engine import EditImages, EngineError, ModelNotFound, PartialCallback, StepCallback
+from dgate.frontend.engine import EditImages, EngineError, PartialCallback, StepCallback
 from dgate.frontend.errors import OpenAIError
 from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.streaming import KEEPALIVE, Done, event_stream, pump, sse_event
@@ -45,7 +45,7 @@ class Call:
     on_partial: bool
 
 
-class StreamingEngine:
+class StreamingEngine(FakePipelines):
     """An `ImageEngine` that runs int(steps x strength) steps, awaiting `on_step` after each and
     `on_partial` at evenly spaced steps, as the streaming denoiser does. Edits return the input image
     (n copies), generations `fake_images`; previews are the final images scaled by the progress.
@@ -67,14 +67,6 @@ class StreamingEngine:
         self.failure, self.block = None, False
         self.started.clear()
         self.cancelled.clear()
-
-    async def list_pipelines(self) -> list[str]:
-        return sorted(self.pipelines)
-
-    async def pipeline_limits(self, name: str) -> GenerationLimits:
-        if name not in self.pipelines:
-            raise ModelNotFound(name)
-        return self.pipelines[name]
 
     async def ready(self) -> bool:
         return True

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
-from frontend_fixtures import ERROR_KEYS, assert_error_body, make_client, start_frontend
+from frontend_fixtures import ERROR_KEYS, FakePipelines, assert_error_body, make_client, start_frontend
 from openai import OpenAI
 from PIL import Image
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
-from dgate.frontend.engine import EngineError, ModelNotFound, ProgressCallback
+from dgate.frontend.engine import EngineError, ProgressCallback
 from dgate.frontend.jobs import open_job_store
 from dgate.frontend.schemas import GenerationParams
 from dgate.frontend.settings import FrontendSettings
@@ -77,7 +77,7 @@ def fake_frames(params: GenerationParams, image: np.ndarray | None) -> np.ndarra
 
 
 @dataclass
-class FakeVideoEngine:
+class FakeVideoEngine(FakePipelines):
     """`ImageEngine` with a text-to-video, an image-to-video and an image pipeline. `gate` (closed =
     clear) holds every run before its second step; `failure` is raised after the steps."""
 
@@ -90,14 +90,6 @@ class FakeVideoEngine:
 
     def __post_init__(self) -> None:
         self.gate.set()
-
-    async def list_pipelines(self) -> list[str]:
-        return sorted(self.pipelines)
-
-    async def pipeline_limits(self, name: str) -> GenerationLimits:
-        if name not in self.pipelines:
-            raise ModelNotFound(name)
-        return self.pipelines[name]
 
     async def generate(self, name: str, params: GenerationParams) -> np.ndarray:
         raise AssertionError("the Videos API never asks for images")

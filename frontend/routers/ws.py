@@ -33,7 +33,6 @@ from dgate.frontend.errors import OpenAIError, from_exception
 from dgate.frontend.routers.images import ImageJob, blocking_denoiser, encode_b64, image_pipeline
 from dgate.frontend.schemas import ImageGenerationRequest
 from dgate.frontend.state import AppState
-from dgate.frontend.streaming import error_body
 from dgate.frontend.uploads import parse_fields
 
 router = APIRouter(tags=["images"])
@@ -55,7 +54,7 @@ async def generate_ws(websocket: WebSocket) -> None:
     except Exception as exc:
         error = from_exception(exc)
         with contextlib.suppress(_Gone, RuntimeError):  # the client may be gone meanwhile
-            await _send(websocket, {"type": "error", "error": error_body(error)})
+            await _send(websocket, {"type": "error", "error": error.body()})
             await websocket.close(CLIENT_ERROR if error.status < 500 else SERVER_ERROR, reason=error.code or "")
 
 
