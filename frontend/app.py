@@ -11,7 +11,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from dgate.frontend.assets import AssetStore
-from dgate.frontend.engine import ImageEngine, TritonImageEngine
+from dgate.frontend.engine import Engine, TritonEngine
 from dgate.frontend.errors import install_exception_handlers
 from dgate.frontend.image_store import ImageStore
 from dgate.frontend.logs import configure_logging
@@ -24,7 +24,7 @@ from dgate.frontend.state import AppState
 from dgate.frontend.video.service import VideoService
 
 
-def create_app(settings: FrontendSettings | None = None, engine: ImageEngine | None = None) -> FastAPI:
+def create_app(settings: FrontendSettings | None = None, engine: Engine | None = None) -> FastAPI:
     """Build the app; `engine` is injected by tests, else a Triton engine is made from `settings`.
 
     The video job store (`settings.jobs_db`) opens and the video workers start in the lifespan, so
@@ -32,7 +32,7 @@ def create_app(settings: FrontendSettings | None = None, engine: ImageEngine | N
     settings = settings or FrontendSettings()
     triton = None
     if engine is None:
-        triton = TritonImageEngine(
+        triton = TritonEngine(
             settings.triton_url,
             request_timeout_s=settings.request_timeout_s,
             metadata_timeout_s=settings.metadata_timeout_s,

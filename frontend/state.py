@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from dgate.frontend.assets import AssetStore
-from dgate.frontend.engine import ImageEngine
+from dgate.frontend.engine import Engine
 from dgate.frontend.image_store import ImageStore
 from dgate.frontend.lora_registry import LoraRegistry
 from dgate.frontend.metrics import Metrics
@@ -19,7 +19,7 @@ from dgate.frontend.video.service import VideoService
 @dataclass(frozen=True)
 class AppState:
     settings: FrontendSettings
-    engine: ImageEngine
+    engine: Engine
     store: ImageStore
     metrics: Metrics
     started: int  # unix time; the `created` of model objects (Triton does not report load times)

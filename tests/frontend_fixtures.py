@@ -3,6 +3,11 @@
 Registered as a pytest plugin from tests/conftest.py; the unit tests also import `start_frontend`
 directly. `start_frontend(settings)` talks to the Triton named by `settings.triton_url`; pass an
 `engine` to serve a fake instead.
+
+The unit tests' frontend on a fake engine is one set of fixtures, made per module by
+`fake_frontend(FakeEngine)` (its `served`, `engine` and `client`) with the settings of the
+`frontend_settings` fixture, which a module overrides to change them. (A factory rather than plugin
+fixtures: the plugin's `client` is already the one on the session's Triton.)
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import pytest
 import uvicorn
@@ -22,12 +27,12 @@ from openai import OpenAI
 
 from dgate.core.limits import GenerationLimits
 from dgate.frontend.app import create_app
-from dgate.frontend.engine import ImageEngine, ModelNotFound
+from dgate.frontend.engine import Engine, ModelNotFound
 from dgate.frontend.settings import FrontendSettings
 
 
 class FakePipelines:
-    """The pipeline listing of a fake `ImageEngine`: `pipelines` maps each name to its limits."""
+    """The `PipelineCatalog` of a fake engine: `pipelines` maps each name to its limits."""
 
     pipelines: dict[str, GenerationLimits]
 
@@ -41,7 +46,7 @@ class FakePipelines:
 
 
 def start_frontend(
-    settings: FrontendSettings | None = None, engine: ImageEngine | None = None, *, timeout_s: float = 15.0
+    settings: FrontendSettings | None = None, engine: Engine | None = None, *, timeout_s: float = 15.0
 ) -> tuple[str, Callable[[], None]]:
     """Serve the app on a free port of `settings.host`; returns (base_url, stop) once /health answers."""
     settings = settings or FrontendSettings()
@@ -115,7 +120,7 @@ def frontend_launcher() -> Iterator[Callable[..., str]]:
     """`launch(settings, engine=None) -> base_url`; every frontend launched is stopped at teardown."""
     stops: list[Callable[[], None]] = []
 
-    def launch(settings: FrontendSettings | None = None, engine: ImageEngine | None = None) -> str:
+    def launch(settings: FrontendSettings | None = None, engine: Engine | None = None) -> str:
         base_url, stop = start_frontend(settings, engine)
         stops.append(stop)
         return base_url
@@ -123,3 +128,56 @@ def frontend_launcher() -> Iterator[Callable[..., str]]:
     yield launch
     for stop in reversed(stops):
         stop()
+
+
+# --- the frontend on a fake engine (unit tests) ---------------------------------------------------------------
+
+
+class ResettableFake(Protocol):
+    def reset(self) -> None:
+        """Back to the state a test starts from (switched-on failures off, ...)."""
+
+
+F = TypeVar("F", bound=ResettableFake)
+
+
+class FakeFrontend(NamedTuple):
+    """The fixtures `fake_frontend` makes; a module binds them under these names."""
+
+    served: Any
+    engine: Any
+    client: Any
+
+
+@pytest.fixture(scope="module")
+def frontend_settings() -> FrontendSettings:
+    """The settings of a module's `fake_frontend` (no video workers); a module overrides this fixture."""
+    return FrontendSettings(video_workers=0)
+
+
+def fake_frontend(make_engine: Callable[[], F]) -> FakeFrontend:
+    """`served, engine, client = fake_frontend(FakeEngine)` in a test module gives it
+    - `served` (module): `(base_url, engine)`, one frontend on one `make_engine()` for the module;
+    - `engine`: that engine, `reset()` before and after each test;
+    - `client`: the official openai client on it."""
+
+    @pytest.fixture(scope="module")
+    def served(frontend_settings: FrontendSettings) -> Iterator[tuple[str, F]]:
+        fake = make_engine()
+        base_url, stop = start_frontend(frontend_settings, fake)  # type: ignore[arg-type]  # a fake: part of Engine
+        yield base_url, fake
+        stop()
+
+    @pytest.fixture
+    def engine(served: tuple[str, F]) -> Iterator[F]:
+        fake = served[1]
+        fake.reset()
+        yield fake
+        fake.reset()
+
+    @pytest.fixture
+    def client(served: tuple[str, F]) -> Iterator[OpenAI]:
+        with make_client(served[0]) as openai_client:
+            yield openai_client
+
+    return FakeFrontend(served, engine, client)

@@ -11,14 +11,13 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openai
 import pytest
-from frontend_fixtures import assert_error_body, start_frontend
+from frontend_fixtures import assert_error_body, fake_frontend, start_frontend
 from openai import OpenAI
 from PIL import Image
 from tritonclient.utils import InferenceServerException
@@ -32,9 +31,9 @@ from dgate.frontend.engine import (
     EngineTimeout,
     ModelNotFound,
     ServiceUnavailable,
-    TritonImageEngine,
-    _map_error,
+    TritonEngine,
 )
+from dgate.frontend.engine.triton_errors import map_triton_error
 from dgate.frontend.image_store import ImageStore
 from dgate.frontend.logs import JsonFormatter
 from dgate.frontend.schemas import GenerationParams
@@ -116,7 +115,7 @@ def fake_images(params: GenerationParams) -> np.ndarray:
 
 
 class FakeEngine:
-    """`ImageEngine` with three pipelines; `up` and `failure` switch on the error paths."""
+    """A catalog of three pipelines and plain generation; `up` and `failure` switch on the error paths."""
 
     def __init__(self) -> None:
         self.pipelines = {"tiny-sd": SD_LIMITS, "tiny-pixart": PIXART_LIMITS, "tiny-flux": FLUX_LIMITS}
@@ -149,30 +148,21 @@ class FakeEngine:
     async def ready(self) -> bool:
         return self.up
 
+    def reset(self) -> None:
+        self.up, self.failure = True, None
+
+
+served, engine, client = fake_frontend(FakeEngine)
+
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[str, FakeEngine]]:
-    engine = FakeEngine()
-    base_url, stop = start_frontend(FrontendSettings(), engine)
-    yield base_url, engine
-    stop()
-
-
-@pytest.fixture
-def engine(served: tuple[str, FakeEngine]) -> Iterator[FakeEngine]:
-    fake = served[1]
-    yield fake
-    fake.up, fake.failure = True, None
+def frontend_settings() -> FrontendSettings:
+    return FrontendSettings()  # the defaults, video workers included
 
 
 @pytest.fixture
 def base_url(served: tuple[str, FakeEngine]) -> str:
     return served[0]
-
-
-@pytest.fixture
-def client(base_url: str) -> OpenAI:
-    return OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0)
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None):
@@ -862,7 +852,7 @@ def test_docs_and_openapi(base_url: str) -> None:
     ],
 )
 def test_triton_errors_map_to_typed_errors(status: str, message: str, expected: type) -> None:
-    mapped = _map_error(InferenceServerException(message, status=status), "nope")
+    mapped = map_triton_error(InferenceServerException(message, status=status), "nope")
     assert type(mapped) is expected
     if expected is EngineError:
         assert mapped.message == message
@@ -906,7 +896,7 @@ def test_triton_engine_reads_limits_from_config_parameters(limits: GenerationLim
                 ]
             }
 
-    engine = TritonImageEngine("unused:1", request_timeout_s=1)
+    engine = TritonEngine("unused:1", request_timeout_s=1)
     engine._client = StubClient()  # type: ignore[assignment]
 
     async def scenario() -> None:
@@ -940,7 +930,7 @@ def test_triton_engine_sends_every_ensemble_input_with_its_dtype() -> None:
             sent.update({i.name(): (i.datatype(), i.shape(), i._raw_content) for i in inputs})
             return Result()
 
-    engine = TritonImageEngine("unused:1", request_timeout_s=1)
+    engine = TritonEngine("unused:1", request_timeout_s=1)
     engine._client = StubClient()  # type: ignore[assignment]
     images = asyncio.run(engine.generate("tiny-flux", params))
     np.testing.assert_array_equal(images, fake_images(params))

@@ -8,17 +8,16 @@ import struct
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import openai
 import pytest
-from frontend_fixtures import ERROR_KEYS, assert_error_body, make_client, start_frontend
+from frontend_fixtures import ERROR_KEYS, assert_error_body, fake_frontend
 from openai import OpenAI
 from PIL import Image
 from test_frontend_unit import SD_LIMITS
-from test_streaming_unit import StreamingEngine, decode, png
+from test_streaming_unit import SteppingEngine, decode, png
 
 from dgate.core.limits import GenerationLimits
 from dgate.frontend.edit_uploads import fit_size
@@ -29,26 +28,12 @@ MAX_UPLOAD_MB = 0.25
 MAX_PIXELS = 500_000
 
 
+served, engine, client = fake_frontend(SteppingEngine)
+
+
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[str, StreamingEngine]]:
-    engine = StreamingEngine()
-    settings = FrontendSettings(video_workers=0, max_upload_mb=MAX_UPLOAD_MB, max_input_pixels=MAX_PIXELS)
-    base_url, stop = start_frontend(settings, engine)
-    yield base_url, engine
-    stop()
-
-
-@pytest.fixture
-def engine(served: tuple[str, StreamingEngine]) -> Iterator[StreamingEngine]:
-    served[1].reset()
-    yield served[1]
-    served[1].reset()
-
-
-@pytest.fixture
-def client(served: tuple[str, StreamingEngine]) -> Iterator[OpenAI]:
-    with make_client(served[0]) as openai_client:
-        yield openai_client
+def frontend_settings() -> FrontendSettings:
+    return FrontendSettings(video_workers=0, max_upload_mb=MAX_UPLOAD_MB, max_input_pixels=MAX_PIXELS)
 
 
 def solid(width: int, height: int, color: tuple[int, int, int]) -> bytes:
@@ -73,7 +58,7 @@ def png_header_only(width: int, height: int) -> bytes:
 # --- edits --------------------------------------------------------------------------------------------
 
 
-def test_edit_one_image_at_its_own_size_snapped_to_the_pipeline(client: OpenAI, engine: StreamingEngine) -> None:
+def test_edit_one_image_at_its_own_size_snapped_to_the_pipeline(client: OpenAI, engine: SteppingEngine) -> None:
     image = np.random.default_rng(0).integers(0, 256, (85, 100, 3), np.uint8)
     result = client.images.edit(image=("in.png", png(image)), prompt="a watercolour", model="tiny-sd", n=2,
                                 input_fidelity="high", extra_body={"seed": 11})
@@ -87,7 +72,7 @@ def test_edit_one_image_at_its_own_size_snapped_to_the_pipeline(client: OpenAI, 
         assert item.b64_json is not None and np.array_equal(np.asarray(decode(item.b64_json)), expected)
 
 
-def test_several_images_are_edited_separately_and_listed_in_order(client: OpenAI, engine: StreamingEngine) -> None:
+def test_several_images_are_edited_separately_and_listed_in_order(client: OpenAI, engine: SteppingEngine) -> None:
     colors = [(255, 0, 0), (0, 0, 255), (0, 255, 0)]
     result = client.images.edit(image=[(f"{i}.png", solid(80, 60, c)) for i, c in enumerate(colors)],
                                 prompt="at night", model="tiny-sd", size="64x32", n=2, output_format="png")
@@ -98,12 +83,12 @@ def test_several_images_are_edited_separately_and_listed_in_order(client: OpenAI
     assert result.size == "64x32"
 
 
-def test_one_image_as_a_list_is_sent_as_image_brackets(client: OpenAI, engine: StreamingEngine) -> None:
+def test_one_image_as_a_list_is_sent_as_image_brackets(client: OpenAI, engine: SteppingEngine) -> None:
     result = client.images.edit(image=[("a.png", solid(64, 48, (1, 2, 3)))], prompt="p", model="tiny-sd")
     assert len(result.data) == 1 and len(engine.calls) == 1
 
 
-def test_mask_transparent_pixels_are_repainted(client: OpenAI, engine: StreamingEngine) -> None:
+def test_mask_transparent_pixels_are_repainted(client: OpenAI, engine: SteppingEngine) -> None:
     client.images.edit(image=("in.png", solid(64, 48, (9, 9, 9))), mask=("mask.png", mask_png(64, 48)),
                        prompt="a red door", model="tiny-sd", size="32x32")
     (call,) = engine.calls
@@ -113,7 +98,7 @@ def test_mask_transparent_pixels_are_repainted(client: OpenAI, engine: Streaming
     assert (mask[:, :16] == 255).all() and (mask[:, 16:] == 0).all()  # resized with nearest: still binary
 
 
-def test_mask_with_palette_transparency_is_accepted(client: OpenAI, engine: StreamingEngine) -> None:
+def test_mask_with_palette_transparency_is_accepted(client: OpenAI, engine: SteppingEngine) -> None:
     client.images.edit(image=("in.png", solid(64, 48, (9, 9, 9))), mask=("mask.png", mask_png(64, 48, "P")),
                        prompt="p", model="tiny-sd")
     edit = engine.calls[0].edit
@@ -121,7 +106,7 @@ def test_mask_with_palette_transparency_is_accepted(client: OpenAI, engine: Stre
     assert mask is not None and (mask[:, :32] == 255).all() and (mask[:, 32:] == 0).all()
 
 
-def test_strength_steps_and_extensions_reach_the_engine(client: OpenAI, engine: StreamingEngine) -> None:
+def test_strength_steps_and_extensions_reach_the_engine(client: OpenAI, engine: SteppingEngine) -> None:
     client.images.edit(image=("in.png", solid(64, 48, (9, 9, 9))), prompt="p", model="tiny-sd", extra_body={
         "strength": 0.5, "num_inference_steps": 10, "guidance_scale": 3.0, "negative_prompt": "blur",
         "scheduler": "ddim", "seed": 5})
@@ -130,7 +115,7 @@ def test_strength_steps_and_extensions_reach_the_engine(client: OpenAI, engine: 
             params.scheduler, params.seed) == (0.5, 10, 3.0, "blur", "ddim", 5)
 
 
-def test_edit_answers_urls_too(client: OpenAI, served: tuple[str, StreamingEngine], engine: StreamingEngine) -> None:
+def test_edit_answers_urls_too(client: OpenAI, served: tuple[str, SteppingEngine], engine: SteppingEngine) -> None:
     result = client.images.edit(image=("in.png", solid(64, 48, (9, 9, 9))), prompt="p", model="tiny-sd",
                                 response_format="url")
     assert result.data[0].url is not None
@@ -149,7 +134,7 @@ def test_output_size_fits_the_pipeline() -> None:
 # --- variations -------------------------------------------------------------------------------------
 
 
-def test_variation_is_an_edit_with_the_default_prompt(client: OpenAI, engine: StreamingEngine) -> None:
+def test_variation_is_an_edit_with_the_default_prompt(client: OpenAI, engine: SteppingEngine) -> None:
     result = client.images.create_variation(image=("in.png", solid(64, 48, (5, 6, 7))), model="tiny-sd", n=2,
                                             size="32x32", response_format="b64_json", user="u-7")
     assert len(result.data) == 2 and result.size == "32x32" and result.safety_identifier == "u-7"
@@ -158,7 +143,7 @@ def test_variation_is_an_edit_with_the_default_prompt(client: OpenAI, engine: St
     assert call.edit.mask is None
 
 
-def test_variation_takes_a_prompt_and_strength(client: OpenAI, engine: StreamingEngine) -> None:
+def test_variation_takes_a_prompt_and_strength(client: OpenAI, engine: SteppingEngine) -> None:
     client.images.create_variation(image=("in.png", solid(64, 48, (5, 6, 7))), model="tiny-sd",
                                    extra_body={"prompt": "in autumn", "strength": 0.3})
     assert (engine.calls[0].params.prompt, engine.calls[0].params.strength) == ("in autumn", 0.3)
@@ -195,7 +180,7 @@ IMAGE = ("in.png", solid(64, 48, (9, 9, 9)))
     ({"extra_body": {"frame_count": 4}}, "frame_count", "unknown_parameter"),
     ({"partial_images": 2}, "partial_images", "invalid_value"),  # without stream
 ])
-def test_bad_edits_are_400_in_openai_shape(client: OpenAI, engine: StreamingEngine, kwargs: dict[str, Any],
+def test_bad_edits_are_400_in_openai_shape(client: OpenAI, engine: SteppingEngine, kwargs: dict[str, Any],
                                             param: str, code: str) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.images.edit(**({"image": IMAGE, "prompt": "a fox", "model": "tiny-sd"} | kwargs))
@@ -210,7 +195,7 @@ def test_bad_edits_are_400_in_openai_shape(client: OpenAI, engine: StreamingEngi
     ({"extra_body": {"quality": "high"}}, "quality", "unknown_parameter"),  # not a variation field
     ({"extra_body": {"prompt": ""}}, "prompt", "invalid_value"),
 ])
-def test_bad_variations_are_400(client: OpenAI, engine: StreamingEngine, kwargs: dict[str, Any], param: str,
+def test_bad_variations_are_400(client: OpenAI, engine: SteppingEngine, kwargs: dict[str, Any], param: str,
                                 code: str) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.images.create_variation(**({"image": IMAGE, "model": "tiny-sd"} | kwargs))
@@ -236,7 +221,7 @@ def post(url: str, body: bytes, content_type: str) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-def test_malformed_edit_bodies_are_400(served: tuple[str, StreamingEngine], engine: StreamingEngine) -> None:
+def test_malformed_edit_bodies_are_400(served: tuple[str, SteppingEngine], engine: SteppingEngine) -> None:
     url = f"{served[0]}/v1/images/edits"
     image = solid(64, 48, (1, 1, 1))
     cases = [
@@ -257,8 +242,8 @@ def test_malformed_edit_bodies_are_400(served: tuple[str, StreamingEngine], engi
     assert not engine.calls
 
 
-def test_lora_lists_arrive_as_repeated_bracket_fields(served: tuple[str, StreamingEngine],
-                                                     engine: StreamingEngine) -> None:
+def test_lora_lists_arrive_as_repeated_bracket_fields(served: tuple[str, SteppingEngine],
+                                                     engine: SteppingEngine) -> None:
     body, content_type = multipart(("prompt", b"p", None), ("model", b"tiny-sd", None),
                                    ("image", solid(64, 48, (1, 1, 1)), "a.png"), ("lora[]", b"nope-a", None),
                                    ("lora[]", b"nope-b", None))
@@ -268,7 +253,7 @@ def test_lora_lists_arrive_as_repeated_bracket_fields(served: tuple[str, Streami
     assert_error_body(answer, param="lora")
 
 
-def test_a_dedicated_inpainting_model_takes_masked_edits_only(client: OpenAI, engine: StreamingEngine) -> None:
+def test_a_dedicated_inpainting_model_takes_masked_edits_only(client: OpenAI, engine: SteppingEngine) -> None:
     """A 9-channel inpainting UNet has no text-to-image or img2img: those are a 400 before any work."""
     engine.pipelines["tiny-inpaint"] = GenerationLimits(**{**vars(engine.pipelines["tiny-sd"]), "inpaint_model": True})
     try:

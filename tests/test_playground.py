@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from frontend_fixtures import FakePipelines, start_frontend
+from frontend_fixtures import FakePipelines, fake_frontend
 from PIL import Image
 from playground_driver import PlaygroundRun, chromium, see_playground
 from playwright.sync_api import Browser
@@ -49,8 +49,8 @@ VIDEO_LIMITS = GenerationLimits(
 )
 
 
-class StreamingEngine(FakePipelines):
-    """`ImageEngine` with one streaming, editing image pipeline and one video pipeline (which the
+class PlaygroundEngine(FakePipelines):
+    """An `Engine` with one streaming, editing image pipeline and one video pipeline (which the
     page must not offer); it reports every step and the partial images asked for."""
 
     def __init__(self) -> None:
@@ -86,13 +86,16 @@ class StreamingEngine(FakePipelines):
     async def check_adapters(self, name: str, lora: str) -> dict:
         return {}
 
+    def reset(self) -> None:
+        self.calls.clear()
+
+
+served = fake_frontend(PlaygroundEngine).served  # the page tests use neither the engine fixture nor a client
+
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[str, StreamingEngine]]:
-    engine = StreamingEngine()
-    base_url, stop = start_frontend(FrontendSettings(), engine)
-    yield base_url, engine
-    stop()
+def frontend_settings() -> FrontendSettings:
+    return FrontendSettings()
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +122,7 @@ def assert_all_local(run: PlaygroundRun, base_url: str) -> None:
     assert errors == [], errors
 
 
-def test_page_and_static_files_are_served(served: tuple[str, StreamingEngine]) -> None:
+def test_page_and_static_files_are_served(served: tuple[str, PlaygroundEngine]) -> None:
     base_url = served[0]
     with urllib.request.urlopen(f"{base_url}/") as response:
         assert response.headers["Content-Type"].startswith("text/html")
@@ -136,7 +139,7 @@ def test_page_and_static_files_are_served(served: tuple[str, StreamingEngine]) -
 
 
 def test_generate_streams_partials_and_shows_images_and_seed(
-    served: tuple[str, StreamingEngine], browser: Browser, tmp_path: Path
+    served: tuple[str, PlaygroundEngine], browser: Browser, tmp_path: Path
 ) -> None:
     base_url, engine = served
     screenshot = tmp_path / "playground.png"
@@ -169,7 +172,7 @@ def test_generate_streams_partials_and_shows_images_and_seed(
     assert_all_local(run, base_url)
 
 
-def test_an_explicit_seed_is_sent_and_shown(served: tuple[str, StreamingEngine], browser: Browser) -> None:
+def test_an_explicit_seed_is_sent_and_shown(served: tuple[str, PlaygroundEngine], browser: Browser) -> None:
     base_url, engine = served
     run = see_playground(base_url, browser=browser, prompt="a lighthouse", seed=1234567)
     assert run.state == "done", run.error
@@ -177,7 +180,7 @@ def test_an_explicit_seed_is_sent_and_shown(served: tuple[str, StreamingEngine],
     assert len(run.images) == 1 and run.images[0]["width"] == 64  # the model's default size
 
 
-def test_edit_uploads_the_image_and_mask(served: tuple[str, StreamingEngine], browser: Browser,
+def test_edit_uploads_the_image_and_mask(served: tuple[str, PlaygroundEngine], browser: Browser,
                                          tmp_path: Path) -> None:
     base_url, engine = served
     source, mask = tmp_path / "source.png", tmp_path / "mask.png"
@@ -198,7 +201,7 @@ def test_edit_uploads_the_image_and_mask(served: tuple[str, StreamingEngine], br
     assert_all_local(run, base_url)
 
 
-def test_a_refused_stream_falls_back_to_one_json_answer(served: tuple[str, StreamingEngine],
+def test_a_refused_stream_falls_back_to_one_json_answer(served: tuple[str, PlaygroundEngine],
                                                         browser: Browser) -> None:
     """A pipeline with the blocking denoiser cannot stream previews: the stream is refused with a 400
     and the page asks again without streaming, showing the images and the seed of the JSON answer."""
@@ -213,7 +216,7 @@ def test_a_refused_stream_falls_back_to_one_json_answer(served: tuple[str, Strea
         assert [sent.json().get("stream") for sent in run.sent] == [True, None]
 
 
-def test_errors_are_shown(served: tuple[str, StreamingEngine], browser: Browser) -> None:
+def test_errors_are_shown(served: tuple[str, PlaygroundEngine], browser: Browser) -> None:
     base_url = served[0]
     run = see_playground(base_url, browser=browser, prompt="fail")
     assert run.state == "error" and "refuses this prompt" in run.error

@@ -1,6 +1,6 @@
 """Streamed image requests (Server-Sent Events) against a fake engine that denoises step by step:
 the official `openai` client's stream iteration, the wire format, errors mid-stream and cancellation
-when the client goes away. `StreamingEngine` is shared with the edits and WebSocket tests."""
+when the client goes away. `SteppingEngine` is shared with the edits and WebSocket tests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import io
 import json
 import threading
 import urllib.parse
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from http.client import HTTPConnection
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
-from frontend_fixtures import FakePipelines, assert_error_body, make_client, start_frontend
+from frontend_fixtures import FakePipelines, assert_error_body, fake_frontend
 from openai import OpenAI
 from PIL import Image
 from test_frontend_unit import SD_LIMITS, fake_images
@@ -27,7 +26,6 @@ from dgate.core.limits import GenerationLimits
 from dgate.core.params import GenerationParams
 from dgate.frontend.engine import EditImages, EngineError, PartialCallback, StepCallback
 from dgate.frontend.errors import OpenAIError
-from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.streaming import KEEPALIVE, Done, event_stream, pump, sse_event
 
 STREAMING = replace(SD_LIMITS, streams=True, edits=True)
@@ -45,7 +43,7 @@ class Call:
     on_partial: bool
 
 
-class StreamingEngine(FakePipelines):
+class SteppingEngine(FakePipelines):
     """An `ImageEngine` that runs int(steps x strength) steps, awaiting `on_step` after each and
     `on_partial` at evenly spaced steps, as the streaming denoiser does. Edits return the input image
     (n copies), generations `fake_images`; previews are the final images scaled by the progress.
@@ -106,25 +104,7 @@ class StreamingEngine(FakePipelines):
         return final
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[str, StreamingEngine]]:
-    engine = StreamingEngine()
-    base_url, stop = start_frontend(FrontendSettings(video_workers=0), engine)
-    yield base_url, engine
-    stop()
-
-
-@pytest.fixture
-def engine(served: tuple[str, StreamingEngine]) -> Iterator[StreamingEngine]:
-    served[1].reset()
-    yield served[1]
-    served[1].reset()
-
-
-@pytest.fixture
-def client(served: tuple[str, StreamingEngine]) -> Iterator[OpenAI]:
-    with make_client(served[0]) as openai_client:
-        yield openai_client
+served, engine, client = fake_frontend(SteppingEngine)
 
 
 def decode(b64: str) -> Image.Image:
@@ -202,7 +182,7 @@ async def test_event_stream_ends_with_an_error_event() -> None:
 
 
 def test_generation_streams_partial_images_then_one_completed_event_per_image(
-        client: OpenAI, engine: StreamingEngine) -> None:
+        client: OpenAI, engine: SteppingEngine) -> None:
     stream = client.images.generate(model="tiny-sd", prompt="a lighthouse", n=2, size="64x32", stream=True,
                                     partial_images=2, output_format="webp", extra_body={"seed": 7})
     events = list(stream)
@@ -223,14 +203,14 @@ def test_generation_streams_partial_images_then_one_completed_event_per_image(
     assert (call.partial_images, call.on_partial, call.on_step, call.params.num_images) == (2, True, False, 2)
 
 
-def test_stream_without_partial_images_serves_a_blocking_pipeline_too(client: OpenAI, engine: StreamingEngine) -> None:
+def test_stream_without_partial_images_serves_a_blocking_pipeline_too(client: OpenAI, engine: SteppingEngine) -> None:
     events = list(client.images.generate(model="tiny-blocking", prompt="a fox", stream=True, user="u-1"))
     assert [event.type for event in events] == ["image_generation.completed"]
     assert events[0].safety_identifier == "u-1"
     assert (engine.calls[0].partial_images, engine.calls[0].on_partial) == (0, False)
 
 
-def test_sse_wire_format_and_headers(served: tuple[str, StreamingEngine], engine: StreamingEngine) -> None:
+def test_sse_wire_format_and_headers(served: tuple[str, SteppingEngine], engine: SteppingEngine) -> None:
     parts = urllib.parse.urlsplit(served[0])
     connection = HTTPConnection(parts.netloc, timeout=10)
     try:
@@ -253,7 +233,7 @@ def test_sse_wire_format_and_headers(served: tuple[str, StreamingEngine], engine
     assert "[DONE]" not in body
 
 
-def test_non_streamed_generation_calls_the_engine_as_before(client: OpenAI, engine: StreamingEngine) -> None:
+def test_non_streamed_generation_calls_the_engine_as_before(client: OpenAI, engine: SteppingEngine) -> None:
     result = client.images.generate(model="tiny-sd", prompt="a fox", n=2)
     assert len(result.data) == 2 and result.size == "64x48"
     (call,) = engine.calls
@@ -267,7 +247,7 @@ def test_non_streamed_generation_calls_the_engine_as_before(client: OpenAI, engi
     ({"stream": True, "partial_images": 4}, "partial_images", "partial_images"),
     ({"model": "tiny-video", "stream": True}, "model", "videos"),
 ])
-def test_streaming_refusals_are_400_before_any_event(client: OpenAI, engine: StreamingEngine,
+def test_streaming_refusals_are_400_before_any_event(client: OpenAI, engine: SteppingEngine,
                                                       kwargs: dict[str, Any], param: str, words: str) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.images.generate(**({"model": "tiny-sd", "prompt": "a fox"} | kwargs))
@@ -276,7 +256,7 @@ def test_streaming_refusals_are_400_before_any_event(client: OpenAI, engine: Str
     assert not engine.calls
 
 
-def test_failure_mid_stream_is_an_error_event_the_client_raises(client: OpenAI, engine: StreamingEngine) -> None:
+def test_failure_mid_stream_is_an_error_event_the_client_raises(client: OpenAI, engine: SteppingEngine) -> None:
     engine.failure = EngineError("the denoiser ran out of memory")
     stream = client.images.generate(model="tiny-sd", prompt="a fox", stream=True, partial_images=2)
     seen = []
@@ -290,7 +270,7 @@ def test_failure_mid_stream_is_an_error_event_the_client_raises(client: OpenAI, 
                                  "code": "engine_error"}
 
 
-def test_a_client_that_disconnects_cancels_the_generation(client: OpenAI, engine: StreamingEngine) -> None:
+def test_a_client_that_disconnects_cancels_the_generation(client: OpenAI, engine: SteppingEngine) -> None:
     engine.block = True
     stream = client.images.generate(model="tiny-sd", prompt="a fox", stream=True, partial_images=1)
     assert next(iter(stream)).type == "image_generation.partial_image"
@@ -301,7 +281,7 @@ def test_a_client_that_disconnects_cancels_the_generation(client: OpenAI, engine
 # --- edits --------------------------------------------------------------------------------------------
 
 
-def test_edit_streams_image_edit_events(client: OpenAI, engine: StreamingEngine) -> None:
+def test_edit_streams_image_edit_events(client: OpenAI, engine: SteppingEngine) -> None:
     image = np.full((48, 64, 3), (200, 40, 10), np.uint8)
     events = list(client.images.edit(image=("in.png", png(image)), prompt="make it blue", model="tiny-sd",
                                      stream=True, partial_images=2, n=2))

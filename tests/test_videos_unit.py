@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
-from frontend_fixtures import ERROR_KEYS, FakePipelines, assert_error_body, make_client, start_frontend
+from frontend_fixtures import ERROR_KEYS, FakePipelines, assert_error_body, fake_frontend, make_client, start_frontend
 from openai import OpenAI
 from PIL import Image
 
@@ -78,7 +78,7 @@ def fake_frames(params: GenerationParams, image: np.ndarray | None) -> np.ndarra
 
 @dataclass
 class FakeVideoEngine(FakePipelines):
-    """`ImageEngine` with a text-to-video, an image-to-video and an image pipeline. `gate` (closed =
+    """A catalog of a text-to-video, an image-to-video and an image pipeline, and videos. `gate` (closed =
     clear) holds every run before its second step; `failure` is raised after the steps."""
 
     pipelines: dict[str, GenerationLimits] = field(default_factory=lambda: {
@@ -117,6 +117,10 @@ class FakeVideoEngine(FakePipelines):
     async def check_adapters(self, name: str, lora: str) -> dict:
         raise AssertionError("not used")
 
+    def reset(self) -> None:
+        self.failure = None
+        self.gate.set()
+
 
 def video_settings(root: Path, **overrides: Any) -> FrontendSettings:
     values: dict[str, Any] = {
@@ -149,26 +153,12 @@ def launch() -> Iterator[Launcher]:
     launcher.stop_all()
 
 
+served, engine, client = fake_frontend(FakeVideoEngine)
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, FakeVideoEngine, Path]]:
-    root = tmp_path_factory.mktemp("videos")
-    engine = FakeVideoEngine()
-    base_url, stop = start_frontend(video_settings(root), engine)
-    yield base_url, engine, root
-    stop()
-
-
-@pytest.fixture
-def engine(served: tuple[str, FakeVideoEngine, Path]) -> Iterator[FakeVideoEngine]:
-    fake = served[1]
-    yield fake
-    fake.failure = None
-    fake.gate.set()
-
-
-@pytest.fixture
-def client(served: tuple[str, FakeVideoEngine, Path]) -> OpenAI:
-    return make_client(served[0])
+def frontend_settings(tmp_path_factory: pytest.TempPathFactory) -> FrontendSettings:
+    return video_settings(tmp_path_factory.mktemp("videos"))
 
 
 def wait_for(client: OpenAI, video_id: str, *statuses: str, timeout_s: float = 20.0) -> Any:
@@ -237,7 +227,7 @@ def test_image_to_video_from_a_multipart_upload_with_extensions_and_interpolatio
     assert (info.frames, info.fps, info.width, info.height) == ((5 - 1) * 2 + 1, 12.0, 72, 40)
 
 
-def test_thumbnail_and_spritesheet_variants(client: OpenAI, served: tuple[str, FakeVideoEngine, Path]) -> None:
+def test_thumbnail_and_spritesheet_variants(client: OpenAI, served: tuple[str, FakeVideoEngine]) -> None:
     video = client.videos.create_and_poll(model="tiny-animatediff", prompt="a lighthouse",
                                           extra_body={"num_frames": 6})
     for variant, content_type, pil_format in (("thumbnail", "image/webp", "WEBP"),
@@ -268,7 +258,7 @@ def test_poll_header_while_queued_or_running_only(client: OpenAI, engine: FakeVi
     assert "openai-poll-after-ms" not in client.videos.with_raw_response.retrieve(video.id).headers
 
 
-def test_seed_000_video_generations_json(client: OpenAI, served: tuple[str, FakeVideoEngine, Path]) -> None:
+def test_seed_000_video_generations_json(client: OpenAI, served: tuple[str, FakeVideoEngine]) -> None:
     payload = {"prompt": "a timelapse of a flower blooming", "model": "tiny-animatediff", "num_frames": 16, "fps": 8}
     status, headers, body = http("POST", f"{served[0]}/v1/video/generations", json.dumps(payload).encode(),
                                  {"Content-Type": "application/json"})
@@ -281,7 +271,7 @@ def test_seed_000_video_generations_json(client: OpenAI, served: tuple[str, Fake
     assert probe_mp4(client.videos.download_content(done.id).content).frames == 16
 
 
-def test_json_body_on_v1_videos_and_default_model(client: OpenAI, served: tuple[str, FakeVideoEngine, Path]) -> None:
+def test_json_body_on_v1_videos_and_default_model(client: OpenAI, served: tuple[str, FakeVideoEngine]) -> None:
     """No model: the first video pipeline (tiny-animatediff; tiny-sd makes images and tiny-svd sorts later)."""
     status, _, body = http("POST", f"{served[0]}/v1/videos", json.dumps({"prompt": "waves", "seconds": 2}).encode(),
                            {"Content-Type": "application/json"})
@@ -311,9 +301,9 @@ def test_list_pages_with_the_client_iterator_in_both_orders(tmp_path: Path, laun
         assert_error_body(body, param=param)
 
 
-def test_delete_removes_the_job_and_its_files(client: OpenAI, served: tuple[str, FakeVideoEngine, Path]) -> None:
+def test_delete_removes_the_job_and_its_files(client: OpenAI, frontend_settings: FrontendSettings) -> None:
     video = client.videos.create_and_poll(model="tiny-animatediff", prompt="to be deleted")
-    assets = served[2] / "assets"
+    assets = Path(frontend_settings.assets_dir)
     assert sorted(p.name for p in assets.glob(f"{video.id}*")) == [
         f"{video.id}.mp4", f"{video.id}.spritesheet.jpg", f"{video.id}.thumbnail.webp"]
     deleted = client.videos.delete(video.id)
@@ -516,7 +506,7 @@ def test_bad_requests_are_400_in_openai_shape_and_queue_nothing(
     assert [video.id for video in client.videos.list(limit=100)] == before
 
 
-def test_malformed_bodies_are_400(served: tuple[str, FakeVideoEngine, Path]) -> None:
+def test_malformed_bodies_are_400(served: tuple[str, FakeVideoEngine]) -> None:
     url = f"{served[0]}/v1/videos"
     cases = [
         (b"{not json", "application/json", None, "invalid_json"),
@@ -539,7 +529,7 @@ def test_malformed_bodies_are_400(served: tuple[str, FakeVideoEngine, Path]) -> 
         assert_error_body(answer, param=param, code=code)
 
 
-def test_oversized_upload_without_content_length_is_cut_off(served: tuple[str, FakeVideoEngine, Path]) -> None:
+def test_oversized_upload_without_content_length_is_cut_off(served: tuple[str, FakeVideoEngine]) -> None:
     """Chunked: no length is declared, so the stream is counted as it arrives."""
     parts = urllib.parse.urlsplit(served[0])
     boundary = "b"
@@ -567,7 +557,7 @@ def test_oversized_upload_without_content_length_is_cut_off(served: tuple[str, F
         connection.close()
 
 
-def test_openapi_documents_the_videos_api(served: tuple[str, FakeVideoEngine, Path]) -> None:
+def test_openapi_documents_the_videos_api(served: tuple[str, FakeVideoEngine]) -> None:
     spec = json.loads(http("GET", f"{served[0]}/openapi.json")[2])
     assert {"/v1/videos", "/v1/videos/{video_id}", "/v1/videos/{video_id}/content", "/v1/videos/{video_id}/remix",
             "/v1/video/generations"} <= set(spec["paths"])

@@ -4,39 +4,24 @@ the result, errors with their close codes, and cancellation when the client goes
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from frontend_fixtures import ERROR_KEYS, start_frontend
+from frontend_fixtures import ERROR_KEYS, fake_frontend
 from test_frontend_unit import fake_images
-from test_streaming_unit import StreamingEngine, decode
+from test_streaming_unit import SteppingEngine, decode
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from dgate.frontend.engine import EngineError
-from dgate.frontend.settings import FrontendSettings
 
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[str, StreamingEngine]]:
-    engine = StreamingEngine()
-    base_url, stop = start_frontend(FrontendSettings(video_workers=0), engine)
-    yield base_url.replace("http://", "ws://") + "/v1/ws/generate", engine
-    stop()
+served, engine = fake_frontend(SteppingEngine)[:2]  # no openai client: a WebSocket API
 
 
 @pytest.fixture
-def url(served: tuple[str, StreamingEngine]) -> str:
-    return served[0]
-
-
-@pytest.fixture
-def engine(served: tuple[str, StreamingEngine]) -> Iterator[StreamingEngine]:
-    served[1].reset()
-    yield served[1]
-    served[1].reset()
+def url(served: tuple[str, SteppingEngine]) -> str:
+    return served[0].replace("http://", "ws://") + "/v1/ws/generate"
 
 
 def exchange(url: str, request: Any) -> tuple[list[dict[str, Any]], int | None]:
@@ -56,7 +41,7 @@ def read_all(websocket: ClientConnection) -> list[dict[str, Any]]:
         return messages
 
 
-def test_progress_rises_to_one_then_the_result(url: str, engine: StreamingEngine) -> None:
+def test_progress_rises_to_one_then_the_result(url: str, engine: SteppingEngine) -> None:
     messages, code = exchange(url, {"model": "tiny-sd", "prompt": "a lighthouse", "n": 2, "size": "64x32",
                                     "num_inference_steps": 6, "seed": 3, "output_format": "jpeg"})
     assert code == 1000
@@ -78,7 +63,7 @@ def test_progress_rises_to_one_then_the_result(url: str, engine: StreamingEngine
     assert call.on_step and not call.on_partial
 
 
-def test_partial_images_arrive_between_progress_messages(url: str, engine: StreamingEngine) -> None:
+def test_partial_images_arrive_between_progress_messages(url: str, engine: SteppingEngine) -> None:
     messages, code = exchange(url, {"model": "tiny-sd", "prompt": "a fox", "n": 2, "partial_images": 2,
                                     "num_inference_steps": 6, "stream": True})
     assert code == 1000
@@ -99,7 +84,7 @@ def test_partial_images_arrive_between_progress_messages(url: str, engine: Strea
     ("{not json", None, "invalid_json"),
     ("[1, 2]", None, "invalid_json"),
 ])
-def test_client_errors_are_an_error_message_then_close_1008(url: str, engine: StreamingEngine, request_: Any,
+def test_client_errors_are_an_error_message_then_close_1008(url: str, engine: SteppingEngine, request_: Any,
                                                              param: str | None, code: str) -> None:
     messages, close_code = exchange(url, request_)
     assert close_code == 1008
@@ -110,12 +95,12 @@ def test_client_errors_are_an_error_message_then_close_1008(url: str, engine: St
     assert not engine.calls
 
 
-def test_unknown_model_is_an_error_message(url: str, engine: StreamingEngine) -> None:
+def test_unknown_model_is_an_error_message(url: str, engine: SteppingEngine) -> None:
     messages, close_code = exchange(url, {"model": "dall-e-3", "prompt": "a fox"})
     assert close_code == 1008 and messages[0]["error"]["code"] == "model_not_found"
 
 
-def test_engine_failure_is_an_error_message_then_close_1011(url: str, engine: StreamingEngine) -> None:
+def test_engine_failure_is_an_error_message_then_close_1011(url: str, engine: SteppingEngine) -> None:
     engine.failure = EngineError("the UNet failed")
     messages, close_code = exchange(url, {"model": "tiny-sd", "prompt": "a fox", "num_inference_steps": 4})
     assert close_code == 1011
@@ -124,7 +109,7 @@ def test_engine_failure_is_an_error_message_then_close_1011(url: str, engine: St
                                      "code": "engine_error"}
 
 
-def test_a_client_that_disconnects_cancels_the_generation(url: str, engine: StreamingEngine) -> None:
+def test_a_client_that_disconnects_cancels_the_generation(url: str, engine: SteppingEngine) -> None:
     engine.block = True
     with connect(url, open_timeout=10) as websocket:
         websocket.send(json.dumps({"model": "tiny-sd", "prompt": "a fox"}))

@@ -1,7 +1,7 @@
 """`dgate bench-video`: frames per second of served video against the diffusers pipeline, one run.
 
 The diffusers baseline runs the exported checkpoint in this process, serially (one video at a time,
-all cores). The served path is the frontend's own `TritonImageEngine.generate_video` (Triton's gRPC
+all cores). The served path is the frontend's own `TritonEngine.generate_video` (Triton's gRPC
 stream: progress per step, then the frames) at each concurrency; every served video of the first
 request is also compared with the diffusers frames for the same seed.
 """
@@ -72,9 +72,9 @@ def _diffusers(model_dir: Path, args: argparse.Namespace, limits: Any) -> tuple[
 
 async def _served(grpc_url: str, name: str, args: argparse.Namespace, concurrency: int
                   ) -> tuple[VideoLevel, np.ndarray]:
-    from dgate.frontend.engine import TritonImageEngine
+    from dgate.frontend.engine import TritonEngine
 
-    engine = TritonImageEngine(grpc_url, request_timeout_s=3600)
+    engine = TritonEngine(grpc_url, request_timeout_s=3600)
     limits = await engine.pipeline_limits(name)
     image = _image(args.size) if limits.takes_image else None
     semaphore = asyncio.Semaphore(concurrency)
@@ -108,13 +108,13 @@ def _table(name: str, levels: list[VideoLevel], max_diff: int) -> str:
 
 
 def run_video_bench(args: argparse.Namespace) -> int:
-    from dgate.frontend.engine import TritonImageEngine
+    from dgate.frontend.engine import TritonEngine
 
     names = [Path(model).name for model in args.model]
     with tempfile.TemporaryDirectory(prefix="dgate-bench-video-") as workdir, \
             TritonServer(args.model_repository, free_ports(), log_path=Path(workdir) / "tritonserver.log") as triton:
         for model_dir, name in zip(args.model, names, strict=True):
-            limits = asyncio.run(_limits(TritonImageEngine(triton.ports.grpc_url, request_timeout_s=60), name))
+            limits = asyncio.run(_limits(TritonEngine(triton.ports.grpc_url, request_timeout_s=60), name))
             baseline, expected = _diffusers(Path(model_dir), args, limits)
             levels, max_diff = [baseline], 0
             for concurrency in args.concurrency:

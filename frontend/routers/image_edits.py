@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request, Response
 
 from dgate.frontend.edit_uploads import EDIT_FILES, VARIATION_FILES, edit_inputs, fit_size, image_size
 from dgate.frontend.errors import OpenAIError
-from dgate.frontend.routers.images import ImageJob, answer, check_streaming, image_pipeline
+from dgate.frontend.image_service import ImageJob, answer, check_streaming, image_pipeline
 from dgate.frontend.schemas import ImageEditRequest, ImagesResponse, ImageVariationRequest
 from dgate.frontend.state import AppState, State
 from dgate.frontend.uploads import parse_fields, read_form

@@ -30,7 +30,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from dgate.core.errors import InvalidRequestError
 from dgate.frontend.errors import OpenAIError, from_exception
-from dgate.frontend.routers.images import ImageJob, blocking_denoiser, encode_b64, image_pipeline
+from dgate.frontend.image_service import ImageJob, blocking_denoiser, encode_b64, image_pipeline
 from dgate.frontend.schemas import ImageGenerationRequest
 from dgate.frontend.state import AppState
 from dgate.frontend.uploads import parse_fields

@@ -29,7 +29,7 @@ from PIL import Image
 
 from dgate.core.errors import InvalidRequestError
 from dgate.frontend.assets import AssetStore
-from dgate.frontend.engine import EngineError, ImageEngine
+from dgate.frontend.engine import EngineError, VideoEngine
 from dgate.frontend.image_store import ImageStore
 from dgate.frontend.jobs import JobStore, VideoJob
 from dgate.frontend.metrics import Metrics
@@ -136,7 +136,7 @@ class _Lease:
 class JobRunner:
     """Runs one claimed job to completed or failed (see the module docstring)."""
 
-    def __init__(self, store: JobStore, engine: ImageEngine, assets: AssetStore, settings: FrontendSettings,
+    def __init__(self, store: JobStore, engine: VideoEngine, assets: AssetStore, settings: FrontendSettings,
                  metrics: Metrics | None = None, clock: Callable[[], float] = time.time) -> None:
         self._store, self._engine, self._assets, self._settings = store, engine, assets, settings
         self._metrics = metrics

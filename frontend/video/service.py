@@ -17,7 +17,7 @@ from pathlib import Path
 from dgate.core.limits import GenerationLimits, check_prompt
 from dgate.core.params import GenerationParams
 from dgate.frontend.assets import AssetStore
-from dgate.frontend.engine import ImageEngine, ModelNotFound, ServiceUnavailable, resolve_model
+from dgate.frontend.engine import Engine, ModelNotFound, PipelineCatalog, ServiceUnavailable, resolve_model
 from dgate.frontend.errors import OpenAIError
 from dgate.frontend.image_store import ImageStore, encode_image
 from dgate.frontend.jobs import JobStore, VideoJob, new_job_id, open_job_store
@@ -43,7 +43,7 @@ def not_found(video_id: str) -> OpenAIError:
                        param="video_id", code="video_not_found")
 
 
-async def resolve_video_model(engine: ImageEngine, requested: str | None,
+async def resolve_video_model(engine: PipelineCatalog, requested: str | None,
                               default: str | None) -> tuple[str, GenerationLimits]:
     """`resolve_model`'s choice for videos, with its limits. A requested model that does not exist is a
     400 here (the request's field is wrong), not the 404 of a missing resource."""
@@ -62,7 +62,7 @@ def _reference_png(data: bytes, max_pixels: int) -> bytes:
 
 
 class VideoService:
-    def __init__(self, settings: FrontendSettings, engine: ImageEngine, assets: AssetStore,
+    def __init__(self, settings: FrontendSettings, engine: Engine, assets: AssetStore,
                  images: ImageStore | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._settings, self._engine, self._assets = settings, engine, assets

@@ -1,4 +1,4 @@
-"""What the frontend needs from an inference backend (`ImageEngine`) and the Triton implementation.
+"""`TritonEngine`: the `Engine` over Triton's gRPC asyncio client.
 
 One OpenAI request becomes ONE Triton request to the pipeline's ensemble carrying all `n` images
 (`num_images`), so the denoiser can batch them on the accelerator instead of the frontend fanning out.
@@ -9,19 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException
 
-from dgate.core.errors import InvalidRequestError, unmarked
+from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
+from dgate.core.params import GenerationParams
 from dgate.core.tensors import (
     CANCEL_MODEL,
     CANCEL_REQUEST_ID,
@@ -43,89 +42,11 @@ from dgate.core.tensors import (
     infer_inputs,
     request_tensors,
 )
-from dgate.frontend.schemas import GenerationParams
+from dgate.frontend.engine.errors import EngineError, EngineTimeout, ModelNotFound, ServiceUnavailable
+from dgate.frontend.engine.protocol import EditImages, PartialCallback, ProgressCallback, StepCallback
+from dgate.frontend.engine.triton_errors import map_triton_error
 
 logger = logging.getLogger(__name__)
-
-
-class EngineError(RuntimeError):
-    """The backend failed a request; the message is the backend's own and is shown to the client."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class ServiceUnavailable(EngineError):
-    """The backend is unreachable, not ready, or has no pipeline loaded: retrying later may work."""
-
-
-class EngineTimeout(EngineError):
-    """The backend did not answer within the request deadline."""
-
-
-class ModelNotFound(EngineError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"The model '{name}' does not exist or is not a D-Gate pipeline")
-        self.name = name
-
-
-ProgressCallback = Callable[[float], Awaitable[None]]
-# Image requests: after each denoising step (done, total); each partial image (index, uint8 [n, H, W, 3]).
-StepCallback = Callable[[int, int], Awaitable[None]]
-PartialCallback = Callable[[int, np.ndarray], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class EditImages:
-    """An image edit's inputs, already at the request's size: the image (uint8 [H, W, 3]) and, for
-    inpainting, the mask (uint8 [H, W]: 255 = repaint, 0 = keep; OpenAI's transparent pixels are 255)."""
-
-    image: np.ndarray
-    mask: np.ndarray | None = None
-
-
-class ImageEngine(Protocol):
-    async def list_pipelines(self) -> list[str]:
-        """Names of the loaded, ready pipelines, sorted."""
-
-    async def pipeline_limits(self, name: str) -> GenerationLimits:
-        """The pipeline's limits; ModelNotFound if `name` is not a loaded pipeline."""
-
-    async def generate(self, name: str, params: GenerationParams, *, edit: EditImages | None = None,
-                       partial_images: int = 0, on_step: StepCallback | None = None,
-                       on_partial: PartialCallback | None = None) -> np.ndarray:
-        """uint8 images [num_images, height, width, 3].
-
-        `edit`: img2img (no mask) or inpainting from the image, noised to `params.strength`.
-        `partial_images` (0..3) previews reach `on_partial` while the request denoises, and
-        `on_step(done, total)` follows every step; both need a pipeline whose limits say `streams`.
-        """
-
-    async def generate_video(self, name: str, params: GenerationParams, image: np.ndarray | None,
-                             on_progress: ProgressCallback | None = None) -> np.ndarray:
-        """uint8 frames [num_frames, height, width, 3]; `on_progress(0..1)` after each denoising step.
-        `image`: the conditioning image (uint8 H x W x 3) of an image-to-video pipeline."""
-
-    async def ready(self) -> bool:
-        """True when the backend is ready and at least one pipeline is loaded."""
-
-    async def check_adapters(self, name: str, lora: str) -> dict:
-        """The pipeline's report on the adapters in `lora`; InvalidRequestError if one does not fit."""
-
-
-async def resolve_model(engine: ImageEngine, requested: str | None, default: str | None, *,
-                        video: bool = False) -> str:
-    """The pipeline to use: the request's, else the configured default when it makes what is asked
-    (images or videos), else the first such pipeline loaded."""
-    if requested:
-        return requested
-    if default and (await engine.pipeline_limits(default)).is_video == video:
-        return default
-    for name in await engine.list_pipelines():
-        if (await engine.pipeline_limits(name)).is_video == video:  # cached by the engine
-            return name
-    raise ServiceUnavailable(f"no {'video' if video else 'image'} pipeline is loaded in Triton yet")
 
 
 def check_images(images: np.ndarray, params: GenerationParams) -> np.ndarray:
@@ -138,29 +59,6 @@ def check_images(images: np.ndarray, params: GenerationParams) -> np.ndarray:
     return images
 
 
-def _status(exc: InferenceServerException) -> str:
-    return (exc.status() or "").removeprefix("StatusCode.")
-
-
-def _map_error(exc: InferenceServerException, name: str | None = None) -> EngineError | InvalidRequestError:
-    """tritonclient's exception -> the typed error the HTTP layer maps to a status code."""
-    status, message = _status(exc), exc.message() or str(exc)
-    invalid = unmarked(message)
-    if invalid is not None:  # the pipeline's own checks (tokenizer, denoiser) refused a value: a 400
-        return invalid
-    if name is not None and (status == "NOT_FOUND" or "is not found" in message):
-        return ModelNotFound(name)
-    if status == "INVALID_ARGUMENT":
-        # The pipeline's own checks (tokenizer, denoiser) refused a value: the client's fault, a 400.
-        return InvalidRequestError(re.sub(r"^(\[request id: [^\]]*\] )?in ensemble '[^']*', ", "", message))
-    if status == "DEADLINE_EXCEEDED":
-        return EngineTimeout(f"Triton did not answer in time: {message}")
-    # UNAVAILABLE covers both "connection refused" and a model that is loading/unloaded
-    # ("has no available versions"); both go away by retrying later.
-    if status == "UNAVAILABLE" or "is not ready" in message or "no available versions" in message:
-        return ServiceUnavailable(f"Triton is not available: {message}")
-    return EngineError(message)
-
 
 # tritonclient's own defaults (2 GiB messages) plus a short reconnect backoff: gRPC's default grows
 # to 120 s, so after a long Triton outage the frontend would stay unready long after Triton is back.
@@ -171,8 +69,8 @@ CHANNEL_ARGS = [
 ]
 
 
-class TritonImageEngine:
-    """`ImageEngine` over Triton's gRPC asyncio client; limits are cached per model."""
+class TritonEngine:
+    """`Engine` over Triton's gRPC asyncio client; limits are cached per model."""
 
     def __init__(self, url: str, *, request_timeout_s: float, metadata_timeout_s: float = 5.0) -> None:
         self._url = url
@@ -199,7 +97,7 @@ class TritonImageEngine:
                 name, as_json=True, client_timeout=self._metadata_timeout_s
             )
         except InferenceServerException as exc:
-            raise _map_error(exc, name) from exc
+            raise map_triton_error(exc, name) from exc
         parameters = config.get("config", {}).get("parameters", {})
         return {key: value.get("string_value", "") for key, value in parameters.items()}
 
@@ -222,7 +120,7 @@ class TritonImageEngine:
                 as_json=True, client_timeout=self._metadata_timeout_s
             )
         except InferenceServerException as exc:
-            raise _map_error(exc) from exc
+            raise map_triton_error(exc) from exc
         ready = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
         found = await asyncio.gather(*(self._is_pipeline(name) for name in ready))
         return [name for name, is_pipeline in zip(ready, found, strict=True) if is_pipeline]
@@ -297,7 +195,7 @@ class TritonImageEngine:
         except InferenceServerException as exc:
             # The model may have been reloaded with other limits (or removed): re-read them next time.
             self._limits.pop(name, None)
-            raise _map_error(exc, name) from exc
+            raise map_triton_error(exc, name) from exc
         images = result.as_numpy(ENSEMBLE_OUTPUT.name)
         if images is None:
             raise EngineError(f"pipeline '{name}' returned no '{ENSEMBLE_OUTPUT.name}' output")
@@ -323,7 +221,7 @@ class TritonImageEngine:
                         return result
         except InferenceServerException as exc:
             self._limits.pop(name, None)
-            raise _map_error(exc, name) from exc
+            raise map_triton_error(exc, name) from exc
         except TimeoutError as exc:
             await self._cancel(request_id)
             raise EngineTimeout(f"Triton did not finish the {what} in {self._request_timeout_s:g} s") from exc
@@ -383,7 +281,7 @@ class TritonImageEngine:
         try:
             result = await self.client.infer(LORA_CHECK_MODEL, inputs, client_timeout=self._request_timeout_s)
         except InferenceServerException as exc:
-            error, message = _map_error(exc), exc.message() or ""
+            error, message = map_triton_error(exc), exc.message() or ""
             if "is not found" in message or "unknown model" in message:  # no dgate_lora: exported --no-lora
                 raise InvalidRequestError(f"{name} is served without LoRA support", "model") from exc
             if isinstance(error, InvalidRequestError):
