@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -19,9 +20,16 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
     return options
 
 
-def create_session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session on `path` (its external-data file, if any, is read from the same folder)."""
-    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+def create_session(path: Path, threads: int = 0, device_id: int | None = None) -> ort.InferenceSession:
+    """A session on `path` (its external-data file, if any, is read from the same folder): on the CPU,
+    or with `device_id` on that GPU through the CUDA execution provider (onnxruntime-gpu)."""
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if device_id is not None:
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError("this ONNX Runtime has no CUDA execution provider: install onnxruntime-gpu "
+                               "(make install GPU=1) or serve the component with --engine torch")
+        providers = [("CUDAExecutionProvider", {"device_id": device_id})]
+    return ort.InferenceSession(str(path), session_options(threads), providers=providers)
 
 
 @dataclass

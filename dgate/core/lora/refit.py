@@ -9,6 +9,7 @@ A's bytes again (TensorRT issue 3628's blending cannot happen), and no adapters 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -16,9 +17,11 @@ from dgate.core.lora.deltas import Deltas
 
 
 class WeightRefitter:
-    def __init__(self, live: dict[str, np.ndarray]) -> None:
-        self.live = live  # initializer name -> the buffer the session reads
-        self._base: dict[str, np.ndarray] = {}
+    """Over numpy buffers (ONNX Runtime's refittable session). `TorchWeightRefitter`: torch tensors."""
+
+    def __init__(self, live: dict[str, Any]) -> None:
+        self.live = live  # weight name -> the buffer the engine reads
+        self._base: dict[str, Any] = {}
         self._changed: set[str] = set()
         self.current: Hashable = ()  # key of the applied adapter set; () = base weights
 
@@ -29,20 +32,51 @@ class WeightRefitter:
         """
         if key == self.current:
             return set()
-        contributions: dict[str, list[tuple[np.ndarray, float]]] = {}
+        contributions: dict[str, list[tuple[Any, float]]] = {}
         for deltas, scale in adapters:
             for name, delta in deltas.items():
                 contributions.setdefault(name, []).append((delta, scale))
         written = self._changed | contributions.keys()
         for name in self._changed - contributions.keys():
-            np.copyto(self.live[name], self._base[name])
+            self._restore(self.live[name], self._base[name])
         for name, terms in contributions.items():
             buffer = self.live[name]
-            base = self._base.setdefault(name, buffer.copy())
-            _write_sum(buffer, base, terms)
+            if name not in self._base:
+                self._base[name] = self._copy(buffer)
+            self._write_sum(buffer, self._base[name], terms)
         self._changed = set(contributions)
         self.current = key
         return written
+
+    def _copy(self, buffer: Any) -> Any:
+        return buffer.copy()
+
+    def _restore(self, buffer: Any, base: Any) -> None:
+        np.copyto(buffer, base)
+
+    def _write_sum(self, buffer: Any, base: Any, terms: list[tuple[Any, float]]) -> None:
+        _write_sum(buffer, base, terms)
+
+
+class TorchWeightRefitter(WeightRefitter):
+    """The same bookkeeping over torch parameters on their device (CPU or CUDA), deltas on that device
+    too (`AdapterSets.prepare` moves each adapter's deltas once), so a switch never crosses the bus."""
+
+    def _copy(self, buffer: Any) -> Any:
+        return buffer.detach().clone()
+
+    def _restore(self, buffer: Any, base: Any) -> None:
+        buffer.copy_(base)
+
+    def _write_sum(self, buffer: Any, base: Any, terms: list[tuple[Any, float]]) -> None:
+        # Summed in float32 and rounded once into the weight's dtype, as the numpy path does.
+        import torch
+
+        total = torch.zeros(buffer.shape, dtype=torch.float32, device=buffer.device)
+        for delta, scale in terms:
+            total.add_(delta, alpha=float(scale))
+        total.add_(base)
+        buffer.copy_(total)
 
 
 def _write_sum(buffer: np.ndarray, base: np.ndarray, terms: list[tuple[np.ndarray, float]]) -> None:

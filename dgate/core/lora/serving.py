@@ -1,15 +1,16 @@
 """The adapters of one served component (a text encoder or the UNet/transformer).
 
-Two ONNX Runtime sessions share the work: rows without adapters run on the fully optimised session
-exactly as before, so base traffic pays nothing for LoRA support; rows with adapters run on a
-refittable session (created on first use) whose mapped weights are rewritten in place when the
-adapter set changes. Per-adapter deltas are cached (LRU); the refitter restores base weights bitwise.
+`AdapterSets` reads a row's `lora` text into a weight set (deltas cached LRU per adapter file),
+whatever the engine. `ComponentAdapters` is ONNX Runtime's: rows without adapters run on the fully
+optimised session exactly as before, so base traffic pays nothing for LoRA support; rows with
+adapters run on a refittable session (created on first use) whose mapped weights are rewritten in
+place when the adapter set changes. The refitter restores base weights bitwise.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dgate.core.lora.adapter_file import AdapterFile, lora_components, read_adapter
@@ -29,23 +30,23 @@ def read_component_deltas(spec: PipelineSpec, component: str, lora_map: LoraMap,
     return layer_deltas(component, layers.get(component, {}), lora_map)
 
 
-class ComponentAdapters:
-    def __init__(self, spec: PipelineSpec, component: str, model_path: Path, lora_map: LoraMap,
-                 threads: int = 0, directory: Path | None = None) -> None:
+class AdapterSets:
+    """A component's adapters: the `lora` text of a row -> the weight set it asks for."""
+
+    def __init__(self, spec: PipelineSpec, component: str, lora_map: LoraMap, directory: Path | None = None,
+                 prepare: Callable[[Deltas], Deltas] | None = None) -> None:
         self.spec = spec
         self.component = component
-        self.model_path = model_path
         self.lora_map = lora_map
-        self.threads = threads
         self.directory = directory or adapters_dir()
+        # `prepare` puts fresh deltas where the engine wants them (a GPU engine: on its device), once per adapter.
+        self.prepare = prepare or (lambda deltas: deltas)
         self.cache: LRUCache[AdapterFile, Deltas] = LRUCache(int(os.environ.get(CACHE_ENV, DEFAULT_CACHE)))
-        self._refittable: RefittableSession | None = None
-        self._refitter: WeightRefitter | None = None
 
     def _deltas(self, ref: AdapterRef) -> tuple[AdapterFile, Deltas]:
         file = AdapterFile.find(self.directory, ref.path)
         return file, self.cache.get_or_load(
-            file, lambda: read_component_deltas(self.spec, self.component, self.lora_map, file))
+            file, lambda: self.prepare(read_component_deltas(self.spec, self.component, self.lora_map, file)))
 
     def resolve(self, lora: str) -> tuple[tuple, list[tuple[Deltas, float]]]:
         """The `lora` text -> (a key of the weight set, [(deltas, scale)]); ((), []) = base weights.
@@ -61,6 +62,19 @@ class ComponentAdapters:
                 key.append((file, ref.scale))
                 adapters.append((deltas, ref.scale))
         return tuple(key), adapters
+
+
+
+class ComponentAdapters(AdapterSets):
+    """ONNX Runtime's adapters: a second, refittable session over the component's graph."""
+
+    def __init__(self, spec: PipelineSpec, component: str, model_path: Path, lora_map: LoraMap,
+                 threads: int = 0, directory: Path | None = None) -> None:
+        super().__init__(spec, component, lora_map, directory)
+        self.model_path = model_path
+        self.threads = threads
+        self._refittable: RefittableSession | None = None
+        self._refitter: WeightRefitter | None = None
 
     def refittable(self) -> RefittableSession:
         if self._refittable is None:
