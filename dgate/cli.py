@@ -7,6 +7,10 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch comes with it: imported when a command runs
+    from dgate.export.triton_config import ServingOptions
 
 
 def _add_ports(parser: argparse.ArgumentParser) -> None:
@@ -34,21 +38,36 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from dgate.core.errors import ExportError
-    from dgate.export.pipeline_export import export_pipeline
+def export_refusal(args: argparse.Namespace) -> str | None:
+    """Why `dgate export` cannot do what `args` ask, or None; checked before any model is read."""
+    from dgate.export.triton_config import unservable
+
+    if args.name and len(args.name) != len(args.model):
+        return "--name must be given once per --model"
+    if args.quantized and len(args.quantized) != len(args.model):
+        return "--quantized must be given once per --model ('-' for a model served unquantized)"
+    return unservable(serving_options(args))
+
+
+def serving_options(args: argparse.Namespace) -> ServingOptions:
     from dgate.export.triton_config import ServingOptions
 
-    options = ServingOptions(
-        triton_backend=args.triton_backend, engine=args.backend, device=args.device, denoiser=args.denoiser,
+    return ServingOptions(
+        triton_backend=args.triton_backend, engine=args.engine, device=args.device, denoiser=args.denoiser,
         denoiser_instances=args.denoiser_instances, component_instances=args.component_instances,
         video_denoiser_instances=args.video_denoiser_instances,
         max_queue_delay_us=args.max_queue_delay_us, onnx_threads=args.onnx_threads, lora=args.lora,
     )
-    if args.name and len(args.name) != len(args.model):
-        raise SystemExit("--name must be given once per --model")
-    if args.quantized and len(args.quantized) != len(args.model):
-        raise SystemExit("--quantized must be given once per --model ('-' for a model served unquantized)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    refusal = export_refusal(args)
+    if refusal is not None:  # argparse's one-line error, without the long usage
+        args.export_parser.exit(2, f"{args.export_parser.prog}: error: {refusal}\n")
+    from dgate.core.errors import ExportError
+    from dgate.export.pipeline_export import export_pipeline
+
+    options = serving_options(args)
     quantized = [None if q is None or str(q) == "-" else q for q in (args.quantized or [None] * len(args.model))]
     for index, model in enumerate(args.model):
         try:
@@ -161,12 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantized", type=Path, action="append",
                         help="the `dgate calibrate --out` folder of a --model (once per --model, in order; "
                              "'-' for none): its INT8/FP8 denoiser is served")
-    export.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
-                        help="component engine; tensorrt builds refittable FP16 engines (GPU)")
+    export.add_argument("--engine", "--backend", dest="engine", choices=("onnxruntime", "tensorrt"),
+                        default="onnxruntime",
+                        help="component engine (--backend: its former name); tensorrt builds refittable FP16 "
+                             "engines, served with --triton-backend native --device gpu")
     export.add_argument("--triton-backend", choices=("python", "native"), default="python",
-                        help="python: components run in Python-backend models (CPU build of Triton); "
-                             "native: onnxruntime/tensorrt backend configs for the NGC image")
-    export.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="instance kind of native models")
+                        help="python: components run ONNX Runtime on the CPU in Python-backend models (CPU build "
+                             "of Triton); native: onnxruntime/tensorrt backend configs for the NGC image")
+    export.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="instance kind of native component models (--triton-backend native)")
     export.add_argument("--denoiser", choices=("async", "blocking"), default="async",
                         help="async: one decoupled image denoiser interleaves every request and streams progress "
                              "and partial images (the ensemble answers gRPC streams only); blocking: one request "
@@ -177,14 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="video loops in flight per video pipeline (each runs one request's steps)")
     export.add_argument("--component-instances", type=int, default=1)
     export.add_argument("--max-queue-delay-us", type=int, default=100)
-    export.add_argument("--onnx-threads", type=int, default=0)
+    export.add_argument("--onnx-threads", type=int, default=0,
+                        help="ONNX Runtime threads per Python-backend component (0: all cores)")
     export.add_argument("--no-lora", dest="lora", action="store_false",
                         help="no LoRA inputs, weight maps or dgate_lora model (LoRA needs the python backend)")
     export.add_argument("--max-size", type=int, help="largest width/height served (default: 2x the native size)")
     export.add_argument("--default-steps", type=int, help="default steps (default: the pipeline's own)")
     export.add_argument("--default-scheduler",
                         help="scheduler used when a request names none (default: the pipeline's own)")
-    export.set_defaults(func=cmd_export)
+    export.set_defaults(func=cmd_export, export_parser=export)
 
     for name, func, text in (("triton", cmd_triton, "start tritonserver on a model repository"),
                              ("serve", cmd_serve, "start tritonserver and the OpenAI frontend")):

@@ -42,6 +42,7 @@ from dgate.export.triton_config import (
     lora_config,
     takes_lora,
     tokenize_config,
+    unservable,
     video_denoiser_config,
 )
 from dgate.export.wrappers import component_module
@@ -107,100 +108,151 @@ def export_pipeline(
     `quantized`: the output folder of `dgate calibrate` for this model; its denoiser is served instead.
     """
     options = options or ServingOptions()
-    repository_options = options
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be fp32 or fp16, got {precision!r}")
-    if options.engine == "tensorrt" and options.triton_backend != "native":
-        raise ExportError("TensorRT engines are served by Triton's native tensorrt backend: "
-                          "use --triton-backend native")
+    reason = unservable(options)
+    if reason is not None:
+        raise ExportError(reason)
     pipe = load_pipeline(model)
-    try:
-        spec = spec_from_pipeline(pipe, name or pipeline_name(model), max_size=max_size, default_steps=default_steps,
-                                  precision=precision, default_scheduler=default_scheduler)
-    except ValueError as error:
-        raise ExportError(str(error)) from error
-    video = spec.limits.is_video
-    if not video:
-        spec = replace(spec, preview_rgb=fit_preview_map(pipe, spec))
-    # Refit cannot reach quantized weights: the pipeline serves no LoRA (dgate_lora still answers for
-    # it). Video pipelines take no adapters yet.
-    if quantized or video:
-        options = replace(options, lora=False)
-    # From `dgate calibrate`: the quantized denoiser, and text encoders with fused adapters (checked
-    # there against the fused PyTorch encoder; this base one no longer matches). Component -> folder.
+    spec = derive_spec(pipe, name or pipeline_name(model), precision=precision, max_size=max_size,
+                       default_steps=default_steps, default_scheduler=default_scheduler)
     calibrated: dict[str, Path] = {}
     if quantized is not None:
-        quantization = load_quantization(quantized, pipe, spec.denoiser_component, options.engine)
-        spec = replace(spec, quantization=quantization,
-                       limits=replace(spec.limits, precision=quantization.precision),
-                       precisions=spec.precisions | {spec.denoiser_component: quantization.precision})
-        calibrated = dict.fromkeys(quantization.components, quantized)
-    checks = []
-    lora_maps: dict[str, str] = {}  # component -> its LoraMap as JSON text
+        spec, calibrated = apply_quantization(spec, pipe, quantized, options.engine)
+    served = pipeline_options(spec, options)
     repository.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=repository, prefix=f".export-{spec.name}.") as scratch_root:
         scratch = Path(scratch_root)
-        progress = tqdm(spec.exported_components, desc=f"export {spec.name}", unit="model")
-        for component in progress:
-            progress.set_postfix_str(component)
-            module = component_module(pipe, spec, component)
-            checks_inputs = check_inputs(spec, component)
-            if component in calibrated:
-                files = quantized_files(calibrated[component], component, copy_to=scratch / component / "calibrated")
-                if spec.quantization is not None and component == spec.denoiser_component:
-                    checks.append(verify_quantized(module, files[MODEL_FILE], component, spec.quantization,
-                                                   checks_inputs))
-            else:
-                files = export_onnx(module, spec, component, trace_inputs(spec, component),
-                                    scratch / component / "fp32", external_data_threshold)
-                checks.append(verify_onnx(module, files[MODEL_FILE], component, "fp32", checks_inputs))
-            if takes_lora(spec, component, options):
-                # Matched on the FP32 graph, by value; FP16 conversion keeps initializer names.
-                lora_map = build_lora_map(getattr(pipe, component), load_all_initializers(files[MODEL_FILE]))
-                lora_maps[component] = lora_map.to_json()
-            if spec.precision(component) == "fp16":
-                files = convert_to_fp16(files[MODEL_FILE], scratch / component / "fp16", external_data_threshold)
-                if component not in calibrated:
-                    checks.append(verify_onnx(module, files[MODEL_FILE], component, "fp16", checks_inputs))
-            del module
-            component_files: dict[str, Path | str] = dict(files)
-            if options.engine == "tensorrt":
-                config = component_config(spec, component, options)
-                shapes = profile_shapes(spec, component, config.max_batch_size)
-                plan = build_engine(files[MODEL_FILE], scratch / component / "model.plan", shapes,
-                                    precision=spec.precision(component))
-                component_files = {"model.plan": plan}
-            if options.triton_backend == "python":
-                component_files["model.py"] = model_shim("component_model", f"{spec.name} {component}")
-            if component in lora_maps:
-                component_files |= {LORA_MAP_FILE: lora_maps[component], PIPELINE_FILE: spec.to_json()}
-            write_model(repository, component_config(spec, component, options), component_files)
+        checks = export_components(pipe, spec, served, repository, scratch, calibrated, external_data_threshold)
+        write_pipeline_models(pipe, spec, served, repository, scratch)
+        write_shared_models(repository, options)
+        write_model(repository, ensemble_config(spec, served), {})
+    logger.info("exported %s to %s", spec.name, repository)
+    return ExportReport(spec=spec, checks=tuple(checks))
 
-        spec_json = spec.to_json()
+
+def derive_spec(pipe: Any, name: str, *, precision: str, max_size: int | None, default_steps: int | None,
+                default_scheduler: str | None) -> PipelineSpec:
+    """The pipeline's spec from its configs, with the partial-image map fitted to its VAE (images)."""
+    try:
+        spec = spec_from_pipeline(pipe, name, max_size=max_size, default_steps=default_steps,
+                                  precision=precision, default_scheduler=default_scheduler)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
+    if spec.limits.is_video:
+        return spec
+    return replace(spec, preview_rgb=fit_preview_map(pipe, spec))
+
+
+def apply_quantization(spec: PipelineSpec, pipe: Any, quantized: Path, engine: str
+                       ) -> tuple[PipelineSpec, dict[str, Path]]:
+    """The spec serving `dgate calibrate`'s output in `quantized`, and the components taken from there
+    (component -> folder): the quantized denoiser, and text encoders with fused adapters (checked
+    there against the fused PyTorch encoder; this base one no longer matches)."""
+    quantization = load_quantization(quantized, pipe, spec.denoiser_component, engine)
+    spec = replace(spec, quantization=quantization,
+                   limits=replace(spec.limits, precision=quantization.precision),
+                   precisions=spec.precisions | {spec.denoiser_component: quantization.precision})
+    return spec, dict.fromkeys(quantization.components, quantized)
+
+
+def pipeline_options(spec: PipelineSpec, options: ServingOptions) -> ServingOptions:
+    """The options this pipeline is served with. Refit cannot reach quantized weights: the pipeline
+    serves no LoRA (dgate_lora still answers for it). Video pipelines take no adapters yet."""
+    if spec.quantization is not None or spec.limits.is_video:
+        return replace(options, lora=False)
+    return options
+
+
+def export_components(pipe: Any, spec: PipelineSpec, options: ServingOptions, repository: Path, scratch: Path,
+                      calibrated: dict[str, Path], external_data_threshold: int) -> list[VerifyResult]:
+    """Every component's Triton model (ONNX Runtime or TensorRT); returns the checks against PyTorch."""
+    checks: list[VerifyResult] = []
+    progress = tqdm(spec.exported_components, desc=f"export {spec.name}", unit="model")
+    for component in progress:
+        progress.set_postfix_str(component)
+        component_checks, files = export_component(pipe, spec, component, options, scratch / component,
+                                                   calibrated.get(component), external_data_threshold)
+        checks += component_checks
+        write_model(repository, component_config(spec, component, options), files)
+    return checks
+
+
+def export_component(pipe: Any, spec: PipelineSpec, component: str, options: ServingOptions, scratch: Path,
+                     calibrated: Path | None, external_data_threshold: int
+                     ) -> tuple[list[VerifyResult], dict[str, Path | str]]:
+    """One component's ONNX (exported, or `dgate calibrate`'s from `calibrated`), checked against
+    PyTorch at FP32 and at its precision, with its LoRA map: its checks and its model's files."""
+    checks: list[VerifyResult] = []
+    module = component_module(pipe, spec, component)
+    check_sets = check_inputs(spec, component)
+    if calibrated is not None:
+        files = quantized_files(calibrated, component, copy_to=scratch / "calibrated")
+        if spec.quantization is not None and component == spec.denoiser_component:
+            checks.append(verify_quantized(module, files[MODEL_FILE], component, spec.quantization, check_sets))
+    else:
+        files = export_onnx(module, spec, component, trace_inputs(spec, component), scratch / "fp32",
+                            external_data_threshold)
+        checks.append(verify_onnx(module, files[MODEL_FILE], component, "fp32", check_sets))
+    lora_map = None
+    if takes_lora(spec, component, options):
+        # Matched on the FP32 graph, by value; FP16 conversion keeps initializer names.
+        lora_map = build_lora_map(getattr(pipe, component), load_all_initializers(files[MODEL_FILE])).to_json()
+    if spec.precision(component) == "fp16":
+        files = convert_to_fp16(files[MODEL_FILE], scratch / "fp16", external_data_threshold)
+        if calibrated is None:
+            checks.append(verify_onnx(module, files[MODEL_FILE], component, "fp16", check_sets))
+    del module  # before a TensorRT build: full-size modules are gigabytes
+    return checks, served_files(spec, component, options, files, lora_map, scratch)
+
+
+def served_files(spec: PipelineSpec, component: str, options: ServingOptions, files: dict[str, Path],
+                 lora_map: str | None, scratch: Path) -> dict[str, Path | str]:
+    """What the component's model folder holds: the ONNX files or a TensorRT engine built from them,
+    the Python shim (Python backend), the LoRA map and the spec it reads (LoRA)."""
+    served: dict[str, Path | str] = dict(files)
+    if options.engine == "tensorrt":
+        shapes = profile_shapes(spec, component, component_config(spec, component, options).max_batch_size)
+        served = {"model.plan": build_engine(files[MODEL_FILE], scratch / "model.plan", shapes,
+                                             precision=spec.precision(component))}
+    if options.triton_backend == "python":
+        served["model.py"] = model_shim("component_model", f"{spec.name} {component}")
+    if lora_map is not None:
+        served |= {LORA_MAP_FILE: lora_map, PIPELINE_FILE: spec.to_json()}
+    return served
+
+
+def write_pipeline_models(pipe: Any, spec: PipelineSpec, options: ServingOptions, repository: Path,
+                          scratch: Path) -> None:
+    """The pipeline's Python models: the tokenizer (when it has text encoders) and the denoiser."""
+    spec_json = spec.to_json()
+    if spec.text_encoders:
         tokenizer_files: dict[str, Path | str] = {
             encoder.tokenizer: save_prompt_tokenizer(getattr(pipe, encoder.tokenizer),
                                                      scratch / "tokenizers" / encoder.tokenizer).parent
             for encoder in spec.text_encoders
         }
-        if spec.text_encoders:
-            write_model(repository, tokenize_config(spec, options), tokenizer_files | {
-                PIPELINE_FILE: spec_json,
-                "model.py": model_shim("tokenizer_model", f"{spec.name} tokenizer"),
-            })
-        image_denoiser = "image_denoiser_model" if options.streams else "denoiser_model"
-        denoiser = (video_denoiser_config(spec, options), "video_denoiser_model") if video else (
-            denoiser_config(spec, options), image_denoiser)
-        write_model(repository, denoiser[0], {
+        write_model(repository, tokenize_config(spec, options), tokenizer_files | {
             PIPELINE_FILE: spec_json,
-            SCHEDULER_FILE: pipe.scheduler.to_json_string(),
-            "model.py": model_shim(denoiser[1], f"{spec.name} scheduler loop"),
+            "model.py": model_shim("tokenizer_model", f"{spec.name} tokenizer"),
         })
-        # The same model for every pipeline: rewriting it is harmless.
-        write_model(repository, cancel_config(options), {"model.py": model_shim("cancel_model", "cancellations")})
-        # Before 0.10 images were made uint8 by a postprocess model; the denoiser does it now.
-        shutil.rmtree(repository / model_name(spec.name, "postprocess"), ignore_errors=True)
-        if repository_options.serves_lora:  # the same model for every pipeline: rewriting it is harmless
-            write_model(repository, lora_config(options), {"model.py": model_shim("lora_model", "adapter checks")})
-        write_model(repository, ensemble_config(spec, options), {})
-    logger.info("exported %s to %s", spec.name, repository)
-    return ExportReport(spec=spec, checks=tuple(checks))
+    if spec.limits.is_video:
+        config, denoiser_module = video_denoiser_config(spec, options), "video_denoiser_model"
+    else:
+        config = denoiser_config(spec, options)
+        denoiser_module = "async_image_denoiser_model" if options.streams else "blocking_image_denoiser_model"
+    write_model(repository, config, {
+        PIPELINE_FILE: spec_json,
+        SCHEDULER_FILE: pipe.scheduler.to_json_string(),
+        "model.py": model_shim(denoiser_module, f"{spec.name} scheduler loop"),
+    })
+    # A repository exported before issue 10 holds a postprocess model whose shim imports a module that
+    # is gone: Triton would fail to load it (the default repository, build/, outlives checkouts).
+    shutil.rmtree(repository / model_name(spec.name, "postprocess"), ignore_errors=True)
+
+
+def write_shared_models(repository: Path, options: ServingOptions) -> None:
+    """The models every pipeline shares; rewriting them on each export is harmless."""
+    write_model(repository, cancel_config(options), {"model.py": model_shim("cancel_model", "cancellations")})
+    if options.serves_lora:  # as asked: a quantized or video pipeline still gets dgate_lora's answers
+        write_model(repository, lora_config(options), {"model.py": model_shim("lora_model", "adapter checks")})

@@ -48,8 +48,8 @@ def load_quantization(directory: Path, pipe: Any, denoiser_component: str, engin
     if quantization.needs_tensorrt and engine != "tensorrt":
         raise ExportError(f"{quantization.precision.upper()} needs TensorRT: modelopt's FP8 Q/DQ are TensorRT "
                           "operators that ONNX Runtime cannot run. Build engines on an NVIDIA GPU with "
-                          "--backend tensorrt --triton-backend native, or calibrate with --precision int8 "
-                          "for the CPU")
+                          "--engine tensorrt --triton-backend native --device gpu, or calibrate with "
+                          "--precision int8 for the CPU")
     return quantization
 
 

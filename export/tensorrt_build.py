@@ -50,7 +50,7 @@ def build_engine(onnx_path: Path, plan_path: Path, shapes: dict[str, tuple[Shape
     try:
         import tensorrt as trt
     except ImportError as error:  # pragma: no cover - needs the tensorrt wheel and a GPU
-        raise ExportError("--backend tensorrt needs the `tensorrt` package and an NVIDIA GPU") from error
+        raise ExportError("--engine tensorrt needs the `tensorrt` package and an NVIDIA GPU") from error
 
     trt_logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(trt_logger)

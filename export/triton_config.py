@@ -36,15 +36,23 @@ DENOISE_PARAMETERS = (*(t for t in ENSEMBLE_INPUTS if t.name != "prompt"), *IMAG
 # The image denoiser's answers: `images`; streaming, also progress and partial images before them.
 STREAMING_OUTPUTS = (ENSEMBLE_OUTPUT, PROGRESS_OUTPUT, STEPS_OUTPUT, PARTIAL_OUTPUT, PARTIAL_INDEX_OUTPUT)
 DENOISER_DESIGNS = ("async", "blocking")
+TRITON_BACKENDS = ("python", "native")
+ENGINES = ("onnxruntime", "tensorrt")
+DEVICES = ("cpu", "gpu")
 PROMPT_ROWS = 2  # [negative prompt, prompt]
 
 
 @dataclass(frozen=True)
 class ServingOptions:
-    """How the repository is served; chosen at export time (`dgate export --help`)."""
+    """How the repository is served; chosen at export time (`dgate export --help`).
 
-    triton_backend: str = "python"  # "python" (CPU build, ORT/TensorRT inside Python models) | "native"
-    engine: str = "onnxruntime"  # "onnxruntime" | "tensorrt"
+    Each field refuses a value it does not know; `unservable` says which combinations cannot work.
+    """
+
+    # "python": components run ONNX Runtime on the CPU inside Python models (the CPU build of Triton);
+    # "native": Triton's onnxruntime/tensorrt backends run them (the NGC image).
+    triton_backend: str = "python"
+    engine: str = "onnxruntime"  # "onnxruntime" | "tensorrt" (native only)
     device: str = "cpu"  # where native component models run: "cpu" | "gpu"
     # "async": the image denoiser is decoupled and one instance interleaves every request's steps
     # (asyncio + async BLS), streaming progress and partial images; the pipeline's ensemble is then
@@ -57,10 +65,11 @@ class ServingOptions:
     # Video requests run for seconds to minutes; one loop per instance (the UNet batches across them).
     video_denoiser_instances: int = 1
     component_instances: int = 1
-    helper_instances: int = 1  # tokenizer and postprocess models: microseconds of work per request
+    helper_instances: int = 1  # tokenizer, dgate_cancel and dgate_lora: little work per request
     max_queue_delay_us: int = 100  # CPU: UNet cost is linear in batch, so waiting buys nothing (dgate bench)
     onnx_threads: int = 0  # 0 = ONNX Runtime's default (all cores)
-    # Adapters by weight refit in the text encoders and the denoiser (Python backend only).
+    # Adapters by weight refit in the text encoders and the denoiser, where the Python backend serves
+    # the components (a native repository serves none).
     lora: bool = True
 
     @property
@@ -68,12 +77,44 @@ class ServingOptions:
         return self.lora and self.triton_backend == "python"
 
     def __post_init__(self) -> None:
-        if self.denoiser not in DENOISER_DESIGNS:
-            raise ValueError(f"denoiser must be one of {', '.join(DENOISER_DESIGNS)}, got {self.denoiser!r}")
+        for field, value, known in (("triton_backend", self.triton_backend, TRITON_BACKENDS),
+                                    ("engine", self.engine, ENGINES), ("device", self.device, DEVICES),
+                                    ("denoiser", self.denoiser, DENOISER_DESIGNS)):
+            if value not in known:
+                raise ValueError(f"{field} must be one of {', '.join(known)}, got {value!r}")
 
     @property
     def streams(self) -> bool:
         return self.denoiser == "async"
+
+
+def unservable(options: ServingOptions) -> str | None:
+    """Why `options` cannot be served as asked, or None: the one place for these rules (`dgate export`
+    refuses them before loading a model, export_pipeline raises them). An option that would be
+    silently ignored counts as unservable. Worded with `dgate export`'s flags."""
+    python = options.triton_backend == "python"
+    if options.engine == "tensorrt" and python:
+        return ("TensorRT engines are served by Triton's native tensorrt backend: "
+                "use --triton-backend native")
+    if options.engine == "tensorrt" and options.device != "gpu":
+        return "TensorRT engines run on GPU instances only (Triton refuses them on the CPU): add --device gpu"
+    if python and options.device == "gpu":
+        return ("--device gpu places native component models, and the Python-backend components run ONNX Runtime "
+                "on the CPU: use --triton-backend native --device gpu (NGC image), or --device cpu")
+    if not python and options.onnx_threads:
+        return ("--onnx-threads sets the ONNX Runtime threads of Python-backend components; native models do not "
+                "read it: leave it at 0 with --triton-backend native")
+    counts = (("--denoiser-instances", options.denoiser_instances),
+              ("--video-denoiser-instances", options.video_denoiser_instances),
+              ("--component-instances", options.component_instances),
+              ("helper_instances", options.helper_instances))
+    for flag, count in counts:
+        if count < 1:  # Triton refuses an instance group with count < 1
+            return f"{flag} must be at least 1, got {count}"
+    for flag, value in (("--max-queue-delay-us", options.max_queue_delay_us), ("--onnx-threads", options.onnx_threads)):
+        if value < 0:
+            return f"{flag} must be 0 or more, got {value}"
+    return None
 
 
 def takes_lora(spec: PipelineSpec, component: str, options: ServingOptions) -> bool:
@@ -167,13 +208,12 @@ def tokenize_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConf
 
 def denoiser_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConfig:
     """The image denoiser: the whole request after the text encoders (VAE encoder for edits, the loop,
-    the VAE decoder) through BLS. Async: decoupled, streaming (see image_denoiser_model)."""
+    the VAE decoder) through BLS. Async: decoupled, streaming (see async_image_denoiser_model)."""
     outputs = STREAMING_OUTPUTS if options.streams else (ENSEMBLE_OUTPUT,)
     config = _python_model(
         model_name(spec.name, "denoiser"), (*encoded_prompt_inputs(spec), *DENOISE_PARAMETERS), outputs,
         max_batch_size=0, instances=options.denoiser_instances,
-        parameters={"denoiser_model": model_name(spec.name, spec.denoiser_component),
-                    "lora": str(options.serves_lora).lower()},
+        parameters={"lora": str(options.serves_lora).lower()},
     )
     config.model_transaction_policy.decoupled = options.streams
     return config
