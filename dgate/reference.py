@@ -268,7 +268,8 @@ def torch_loop_edit(pipe: Any, spec: PipelineSpec, values: Mapping[str, Any], im
     """D-Gate's image program for an edit (img2img, or inpainting with `mask`) run in process on the
     pipeline's PyTorch modules: VAE encoder, denoiser and VAE decoder as the exported wrappers."""
     from dgate.core.edit import EditSource
-    from dgate.core.generate import image_program, run_blocking
+    from dgate.core.generate import image_program
+    from dgate.core.program import run_blocking
 
     params = _denoise_params(values)
     text = torch_text_outputs(pipe, spec, values["prompt"], params.negative_prompt, params.max_sequence_length)
@@ -286,11 +287,11 @@ def torch_loop_images(pipe: Any, spec: PipelineSpec, values: Mapping[str, Any]) 
     module = family_of(spec).denoiser_module(pipe, spec).eval()
     names = [t.name for t in family_of(spec).denoiser_inputs(spec)]
 
-    def predict(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def call(component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            return module(*(torch.from_numpy(inputs[name]) for name in names)).numpy()
+            return {"noise_pred": module(*(torch.from_numpy(inputs[name]) for name in names)).numpy()}
 
-    latents = denoise(spec, params, SchedulerFactory(dict(pipe.scheduler.config)), text, predict)
+    latents = denoise(spec, params, SchedulerFactory(dict(pipe.scheduler.config)), text, call)
     decoder = VaeDecoderWrapper(pipe.vae, spec.vae_scaling_factor, spec.vae_shift_factor).eval()
     with torch.inference_mode():
         decoded = decoder(torch.from_numpy(latents)).numpy()

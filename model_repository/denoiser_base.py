@@ -15,8 +15,8 @@ import triton_python_backend_utils as pb_utils
 from dgate.core.cancellation import CancellationBoard
 from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
-from dgate.core.generate import Arrays
 from dgate.core.pipeline_spec import PIPELINE_FILE, PipelineSpec
+from dgate.core.program import Arrays
 from dgate.core.schedulers import SchedulerFactory
 from dgate.core.tensors import LORA_INPUT, model_name
 from dgate.model_repository.triton_io import ModelArgs, input_array

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,9 @@ def error_response(error: Exception) -> Any:
 
 
 def denoise_params(request: Any, video: bool = False) -> DenoiseParams:
-    """The request's DenoiseParams from the denoiser's inputs (named as the fields)."""
-    names = ["num_images", "num_inference_steps", "guidance_scale", "seed", "height", "width", "scheduler",
-             "max_sequence_length", "true_cfg_scale", "negative_prompt"]
+    """The request's DenoiseParams from the denoiser's inputs (named as the fields): every field without a
+    default, and for a video the video inputs too; `strength` is read where edits are."""
+    names = [f.name for f in fields(DenoiseParams) if f.default is MISSING and f.default_factory is MISSING]
     if video:
         names += [t.name for t in VIDEO_INPUTS]
     return DenoiseParams(**{name: input_scalar(request, name) for name in names})

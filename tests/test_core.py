@@ -219,15 +219,15 @@ def test_cancellation_stops_the_loop(pipes: dict, specs: dict) -> None:
     spec = specs["tiny-sd"]
     calls = []
 
-    def predict(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def call(component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         calls.append(1)
-        return np.zeros_like(inputs["sample"])
+        return {"noise_pred": np.zeros_like(inputs["sample"])}
 
     params = DenoiseParams(num_images=1, num_inference_steps=10, guidance_scale=7.5, seed=0, height=64, width=64,
                            scheduler="euler", max_sequence_length=0, true_cfg_scale=1.0, negative_prompt="")
     text = torch_text_outputs(pipes["tiny-sd"], spec, "a fox", "")
     with pytest.raises(DenoiseCancelled):
-        denoise(spec, params, SchedulerFactory(dict(pipes["tiny-sd"].scheduler.config)), text, predict,
+        denoise(spec, params, SchedulerFactory(dict(pipes["tiny-sd"].scheduler.config)), text, call,
                 is_cancelled=lambda: len(calls) >= 2)
     assert len(calls) == 2
 

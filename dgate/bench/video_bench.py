@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dgate.core.params import GenerationParams
+from dgate.core.params import DEFAULT_MOTION_BUCKET_ID, DEFAULT_NOISE_AUG_STRENGTH, GenerationParams
 from dgate.triton_server import TritonServer, free_ports
 
 
@@ -42,8 +42,9 @@ def _values(args: argparse.Namespace, limits: Any, seed: int) -> dict[str, Any]:
     return {"prompt": "a paper boat on a river", "negative_prompt": "", "num_images": 1,
             "num_inference_steps": args.steps, "guidance_scale": limits.default_guidance_scale, "seed": seed,
             "height": args.size, "width": args.size, "scheduler": "default", "max_sequence_length": 0,
-            "true_cfg_scale": 1.0, "num_frames": args.frames, "fps": limits.default_fps, "motion_bucket_id": 127,
-            "noise_aug_strength": 0.02, "decode_chunk_size": 0}
+            "true_cfg_scale": 1.0, "num_frames": args.frames, "fps": limits.default_fps,
+            "motion_bucket_id": DEFAULT_MOTION_BUCKET_ID, "noise_aug_strength": DEFAULT_NOISE_AUG_STRENGTH,
+            "decode_chunk_size": 0}
 
 
 def _image(size: int) -> np.ndarray:

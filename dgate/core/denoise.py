@@ -1,16 +1,16 @@
-"""The denoising loop, with the denoiser network call left to the caller.
+"""The denoising loop as a program (`dgate.core.program`) whose only call is the denoiser network.
 
-`denoise_steps` is a generator: it yields the model inputs of each step and is sent the model's
-`noise_pred` back, so the caller owns the network call and everything between steps (the BLS call
-in Triton, PyTorch in the tests, and per-step previews or cancellation later) while the arithmetic
-stays in one place. The arithmetic follows the diffusers pipelines step for step (same
+`denoise_steps` yields each step's `(denoiser component, inputs)` and is sent the model's outputs
+back, so the caller owns the network call (the BLS call in Triton, PyTorch in the tests) while the
+arithmetic stays in one place; what happens between steps (progress, previews, cancellation) is the
+`on_step` callback. The arithmetic follows the diffusers pipelines step for step (same
 `randn_tensor` call, timesteps, CFG order, learned-sigma split, step kwargs), so the same seed gives
 the same image as diffusers; what differs per family comes from its adapter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,11 +21,8 @@ from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
 from dgate.core.params import DenoiseParams
 from dgate.core.pipeline_spec import PipelineSpec
+from dgate.core.program import Arrays, Program, run_blocking
 from dgate.core.schedulers import SchedulerFactory
-
-ModelInputs = dict[str, np.ndarray]
-Predict = Callable[[ModelInputs], np.ndarray]
-Steps = Generator[ModelInputs, np.ndarray, np.ndarray]
 
 
 class DenoiseCancelled(RuntimeError):
@@ -50,10 +47,25 @@ class StepState:
 OnStep = Callable[[StepState], None]
 
 
+def cancellable(is_cancelled: Callable[[], bool], on_step: OnStep | None = None) -> OnStep:
+    """`on_step`, then a stop once the request is cancelled: DenoiseCancelled at once if it already is,
+    else after any step but the last (whose work is done)."""
+    if is_cancelled():
+        raise DenoiseCancelled("request cancelled")
+
+    def after_step(state: StepState) -> None:
+        if on_step is not None:
+            on_step(state)
+        if state.done < state.total and is_cancelled():
+            raise DenoiseCancelled("request cancelled")
+
+    return after_step
+
+
 def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFactory, text: TextOutputs,
                   generator: torch.Generator | None = None, *, edit: EncodedEdit | None = None,
-                  on_step: OnStep | None = None) -> Steps:
-    """Yield each step's denoiser model inputs, receive its noise_pred; return the final latents
+                  on_step: OnStep | None = None) -> Program[np.ndarray]:
+    """Yield each step's denoiser call, receive its noise_pred; return the final latents
     [n, C, h, w] (video: [n, C, F, h, w] or [n, F, C, h, w], the family's layout; float32, unpacked,
     before the VAE's scaling). `generator`: the request's, when conditioning already drew from it.
 
@@ -78,6 +90,7 @@ def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: Schedul
     extra = family.step_kwargs(scheduler, generator)
     cfg = family.cfg_scale(params)
     inputs = family.conditioning(spec, text, params, cfg is not None)
+    names = [t.name for t in family.denoiser_inputs(spec)]
     channels = None  # an inpainting model's extra input channels (mask, masked image), one row per model row
     if state is not None and state.channels is not None:
         channels = torch.cat([state.channels] * 2) if cfg is not None else state.channels
@@ -90,7 +103,8 @@ def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: Schedul
             model_input = torch.cat([model_input, channels], dim=1)
         inputs["sample"] = model_input.numpy()
         inputs["timestep"] = family.timestep_input(t, model_input.shape[0])
-        noise_pred = torch.from_numpy((yield inputs))
+        outputs = yield (spec.denoiser_component, {name: inputs[name] for name in names})
+        noise_pred = torch.from_numpy(outputs["noise_pred"])
         if spec.denoiser_out_channels == 2 * spec.latent_channels:
             noise_pred = noise_pred[:, : spec.latent_channels]  # learned sigma: keep the mean
         if cfg is not None:
@@ -108,23 +122,14 @@ def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: Schedul
 
 
 def denoise(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFactory, text: TextOutputs,
-            predict: Predict, is_cancelled: Callable[[], bool] = lambda: False,
+            call: Callable[[str, Arrays], Arrays], is_cancelled: Callable[[], bool] = lambda: False,
             generator: torch.Generator | None = None, on_step: Callable[[int, int], None] | None = None
             ) -> np.ndarray:
-    """Run the loop with a blocking model call; `on_step(done, total)` after every step (progress)."""
+    """Run the loop with a blocking component call; `on_step(done, total)` after every step (progress)."""
 
-    def after_step(state: StepState) -> None:
+    def progress(state: StepState) -> None:
         if on_step is not None:
             on_step(state.done, state.total)
-        if state.done < state.total and is_cancelled():
-            raise DenoiseCancelled("request cancelled")
 
-    if is_cancelled():
-        raise DenoiseCancelled("request cancelled")
-    steps = denoise_steps(spec, params, schedulers, text, generator, on_step=after_step)
-    try:
-        inputs = next(steps)
-        while True:
-            inputs = steps.send(predict(inputs))
-    except StopIteration as done:
-        return done.value
+    steps = denoise_steps(spec, params, schedulers, text, generator, on_step=cancellable(is_cancelled, progress))
+    return run_blocking(steps, call)

@@ -11,6 +11,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 from dgate.core.errors import InvalidRequestError
+from dgate.core.params import DEFAULT_MOTION_BUCKET_ID, DEFAULT_NOISE_AUG_STRENGTH
 
 MAX_SEED = 2**63 - 1
 MIN_FRAMES = 2  # a video; interpolation needs two frames
@@ -125,8 +126,8 @@ class GenerationLimits:
         true_cfg_scale: float = 1.0,
         num_frames: int = 0,
         fps: int = 0,
-        motion_bucket_id: int = 127,
-        noise_aug_strength: float = 0.02,
+        motion_bucket_id: int = DEFAULT_MOTION_BUCKET_ID,
+        noise_aug_strength: float = DEFAULT_NOISE_AUG_STRENGTH,
         decode_chunk_size: int = 0,
         strength: float = 1.0,
         **_: Any,

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# SVD's conditioning defaults (diffusers' StableVideoDiffusionPipeline): the one source for every caller.
+DEFAULT_MOTION_BUCKET_ID = 127
+DEFAULT_NOISE_AUG_STRENGTH = 0.02
+
 
 @dataclass(frozen=True)
 class DenoiseParams:
@@ -26,8 +30,8 @@ class DenoiseParams:
     # Video pipelines only (0 frames = an image request).
     num_frames: int = 0
     fps: int = 0  # frames per second the video is generated for (SVD conditions on it)
-    motion_bucket_id: int = 127  # SVD: more motion as it grows
-    noise_aug_strength: float = 0.02  # SVD: noise added to the conditioning image
+    motion_bucket_id: int = DEFAULT_MOTION_BUCKET_ID  # SVD: more motion as it grows
+    noise_aug_strength: float = DEFAULT_NOISE_AUG_STRENGTH  # SVD: noise added to the conditioning image
     decode_chunk_size: int = 0  # frames the VAE decodes at once; 0 = the pipeline's default
     # Image edits (img2img, inpainting): how far the input image is noised before denoising (0..1].
     strength: float = 1.0

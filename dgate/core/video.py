@@ -28,12 +28,7 @@ def generate_video(spec: PipelineSpec, params: DenoiseParams, schedulers: Schedu
     family = family_of(spec)
     generator = request_generator(params)
     text = text | family.encode_conditioning(spec, params, image, generator, call)
-    names = [t.name for t in family.denoiser_inputs(spec)]
-
-    def predict(inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return call(spec.denoiser_component, {name: inputs[name] for name in names})["noise_pred"]
-
-    latents = denoise(spec, params, schedulers, text, predict, is_cancelled, generator, on_step)
+    latents = denoise(spec, params, schedulers, text, call, is_cancelled, generator, on_step)
     decoded = [call("vae_decoder", {"latent": chunk})["image"]
                for chunk in family.decode_chunks(spec, latents, params)]
     return family.frames_from_decoded(decoded)

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import MAX_SEED, MIN_FRAMES, GenerationLimits, check_prompt
-from dgate.core.params import GenerationParams
+from dgate.core.params import DEFAULT_MOTION_BUCKET_ID, DEFAULT_NOISE_AUG_STRENGTH, GenerationParams
 from dgate.frontend.jobs import JobStatus, VideoJob
 from dgate.frontend.schemas import SIZE_PATTERN
 from dgate.frontend.video.interpolation import FACTORS
@@ -61,9 +61,9 @@ class VideoCreateRequest(BaseModel):
     interpolate: int | None = Field(None, description="1, 2 or 4: optical-flow frames added between "
                                     "generated ones, played at fps x interpolate")
     motion_bucket_id: int | None = Field(None, description="image-to-video (SVD): more motion as it grows; "
-                                         "default 127")
+                                         f"default {DEFAULT_MOTION_BUCKET_ID}")
     noise_aug_strength: float | None = Field(None, description="image-to-video (SVD): noise added to the "
-                                             "input image; default 0.02")
+                                             f"input image; default {DEFAULT_NOISE_AUG_STRENGTH}")
     decode_chunk_size: int | None = Field(None, description="frames the VAE decodes at once; default: the "
                                           "pipeline's")
 

@@ -1,12 +1,9 @@
-"""The image denoiser as a Triton Python model: everything after the text encoders, through BLS.
+"""What both image denoiser designs share (`ImageDenoiser`): everything after the text encoders, through BLS.
 
-`ImageDenoiser` holds what both designs share: reading a request (parameters, edit image and mask,
-adapters, what a streaming client asked for) and building each BLS request of the request's program
-(`dgate.core.generate.image_program`: VAE encoder for an edit, the UNet/transformer once per step,
-the VAE decoder). `TritonPythonModel` here is the *blocking* design (`dgate export --denoiser
-blocking`): each instance runs one request at a time and answers it once, so the ensemble serves
-plain HTTP/gRPC infer calls; concurrency comes from instances. The async design is
-`image_denoiser_model`.
+Reading a request (parameters, edit image and mask, adapters, what a streaming client asked for)
+and building each BLS request of the request's program (`dgate.core.generate.image_program`: VAE
+encoder for an edit, the UNet/transformer once per step, the VAE decoder). The Triton models are
+`async_image_denoiser_model` (the default) and `blocking_image_denoiser_model`.
 """
 
 from __future__ import annotations
@@ -18,17 +15,17 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from dgate.core.denoise import DenoiseCancelled, StepState
+from dgate.core.denoise import StepState, cancellable
 from dgate.core.edit import EditSource
 from dgate.core.errors import InvalidRequestError
-from dgate.core.generate import Arrays, Program, image_program, run_blocking
+from dgate.core.generate import image_program
 from dgate.core.lora.request import adapters_dir, decode_adapters
 from dgate.core.params import DenoiseParams
 from dgate.core.previews import preview_images, preview_steps
+from dgate.core.program import Program
 from dgate.core.tensors import (
     EDIT_IMAGE,
     EDIT_MASK,
-    ENSEMBLE_OUTPUT,
     LORA_CHECK_MODEL,
     LORA_INPUT,
     MAX_PARTIAL_IMAGES,
@@ -43,7 +40,6 @@ from dgate.core.tensors import (
 from dgate.model_repository.denoiser_base import DenoiserModel
 from dgate.model_repository.triton_io import (
     denoise_params,
-    error_response,
     input_scalar,
     optional_array,
 )
@@ -112,9 +108,6 @@ class ImageDenoiser(DenoiserModel):
                 ) -> Program[np.ndarray]:
         """The request's program; after every step its callback sends what a streaming client asked for
         (through `send(output tensors)`) and stops the loop once the request is cancelled."""
-        is_cancelled = self.cancellation_check(request)
-        if is_cancelled():
-            raise DenoiseCancelled("request cancelled")
 
         def on_step(state: StepState) -> None:
             if send is not None and image_request.progress:
@@ -125,30 +118,7 @@ class ImageDenoiser(DenoiserModel):
                 send([pb_utils.Tensor(PARTIAL_OUTPUT.name, preview_images(self.spec, state.latents)),
                       pb_utils.Tensor(PARTIAL_INDEX_OUTPUT.name,
                                       np.array([previews.index(state.done)], dtype=np.int32))])
-            if state.done < state.total and is_cancelled():
-                raise DenoiseCancelled("request cancelled")
 
+        after_step = cancellable(self.cancellation_check(request), on_step)  # raises if already cancelled
         return image_program(self.spec, image_request.params, self.schedulers, self.encoded_prompt(request),
-                             image_request.edit, on_step)
-
-
-class TritonPythonModel(ImageDenoiser):
-    def _run(self, request: Any) -> Any:
-        try:
-            image_request = self.read(request)
-            if image_request.lora:
-                self.check_adapters_response(self.adapter_check(image_request.lora).exec())
-
-            def call(component: str, inputs: Arrays) -> Arrays:
-                return self.component_outputs(component, self.component_request(component, inputs,
-                                                                                image_request.lora).exec())
-
-            images = run_blocking(self.program(request, image_request), call)
-            return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(ENSEMBLE_OUTPUT.name, images)])
-        except Exception as error:
-            return error_response(error)
-        finally:
-            self.cancellations.clear(request.request_id())
-
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return [self._run(request) for request in requests]
+                             image_request.edit, after_step)

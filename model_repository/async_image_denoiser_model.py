@@ -17,9 +17,9 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
-from dgate.core.generate import Arrays, run_async
+from dgate.core.program import Arrays, run_async
 from dgate.core.tensors import ENSEMBLE_OUTPUT
-from dgate.model_repository.denoiser_model import ImageDenoiser
+from dgate.model_repository.image_denoiser import ImageDenoiser
 from dgate.model_repository.triton_io import error_response
 
 # async_exec runs each BLS call on the event loop's default executor, whose default size,
