@@ -40,12 +40,14 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 def export_refusal(args: argparse.Namespace) -> str | None:
     """Why `dgate export` cannot do what `args` ask, or None; checked before any model is read."""
-    from dgate.export.triton_config import unservable
+    from dgate.export.triton_config import TORCH_QUANTIZED, unservable
 
     if args.name and len(args.name) != len(args.model):
         return "--name must be given once per --model"
     if args.quantized and len(args.quantized) != len(args.model):
         return "--quantized must be given once per --model ('-' for a model served unquantized)"
+    if args.engine == "torch" and any(str(q) != "-" for q in args.quantized or ()):
+        return TORCH_QUANTIZED
     return unservable(serving_options(args))
 
 
@@ -180,15 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantized", type=Path, action="append",
                         help="the `dgate calibrate --out` folder of a --model (once per --model, in order; "
                              "'-' for none): its INT8/FP8 denoiser is served")
-    export.add_argument("--engine", "--backend", dest="engine", choices=("onnxruntime", "tensorrt"),
+    export.add_argument("--engine", "--backend", dest="engine", choices=("onnxruntime", "torch", "tensorrt"),
                         default="onnxruntime",
-                        help="component engine (--backend: its former name); tensorrt builds refittable FP16 "
-                             "engines, served with --triton-backend native --device gpu")
+                        help="component engine (--backend: its former name): onnxruntime (ONNX export, checked "
+                             "against PyTorch); torch (the pipeline's own modules, no export; LoRA on CPU and GPU); "
+                             "tensorrt (FP16 plans, served with --triton-backend native --device gpu)")
     export.add_argument("--triton-backend", choices=("python", "native"), default="python",
-                        help="python: components run ONNX Runtime on the CPU in Python-backend models (CPU build "
+                        help="python: components run their --engine in Python-backend models (CPU build "
                              "of Triton); native: onnxruntime/tensorrt backend configs for the NGC image")
     export.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
-                        help="instance kind of native component models (--triton-backend native)")
+                        help="instance kind of the component models: gpu puts each on the GPU (KIND_GPU)")
     export.add_argument("--denoiser", choices=("async", "blocking"), default="async",
                         help="async: one decoupled image denoiser interleaves every request and streams progress "
                              "and partial images (the ensemble answers gRPC streams only); blocking: one request "

@@ -34,6 +34,7 @@ from dgate.export.quantized import load_quantization, quantized_files, verify_qu
 from dgate.export.repository import PIPELINE_FILE, SCHEDULER_FILE, model_shim, write_model
 from dgate.export.tensorrt_build import build_engine, profile_shapes
 from dgate.export.triton_config import (
+    TORCH_QUANTIZED,
     ServingOptions,
     cancel_config,
     component_config,
@@ -113,6 +114,8 @@ def export_pipeline(
     reason = unservable(options)
     if reason is not None:
         raise ExportError(reason)
+    if quantized is not None and options.engine == "torch":
+        raise ExportError(TORCH_QUANTIZED)
     pipe = load_pipeline(model)
     spec = derive_spec(pipe, name or pipeline_name(model), precision=precision, max_size=max_size,
                        default_steps=default_steps, default_scheduler=default_scheduler)
@@ -184,6 +187,8 @@ def export_component(pipe: Any, spec: PipelineSpec, component: str, options: Ser
     """One component's ONNX (exported, or `dgate calibrate`'s from `calibrated`), checked against
     PyTorch at FP32 and at its precision, with its LoRA map: its checks and its model's files."""
     checks: list[VerifyResult] = []
+    if options.engine == "torch":
+        return [], torch_files(pipe, spec, component, scratch)
     module = component_module(pipe, spec, component)
     check_sets = check_inputs(spec, component)
     if calibrated is not None:
@@ -204,6 +209,16 @@ def export_component(pipe: Any, spec: PipelineSpec, component: str, options: Ser
             checks.append(verify_onnx(module, files[MODEL_FILE], component, "fp16", check_sets))
     del module  # before a TensorRT build: full-size modules are gigabytes
     return checks, served_files(spec, component, options, files, lora_map, scratch)
+
+
+def torch_files(pipe: Any, spec: PipelineSpec, component: str, scratch: Path) -> dict[str, Path | str]:
+    """The torch engine's model folder: the pipeline's own modules (`save_pretrained`), the spec it
+    wraps them by, and the shim. Nothing is exported, so nothing is checked: it serves these modules."""
+    from dgate.core.engines.torch_engine import save_torch_component
+
+    files = save_torch_component(pipe, spec, component, scratch / "torch")
+    return files | {PIPELINE_FILE: spec.to_json(),
+                    "model.py": model_shim("component_model", f"{spec.name} {component} (torch)")}
 
 
 def served_files(spec: PipelineSpec, component: str, options: ServingOptions, files: dict[str, Path],

@@ -37,7 +37,7 @@ DENOISE_PARAMETERS = (*(t for t in ENSEMBLE_INPUTS if t.name != "prompt"), *IMAG
 STREAMING_OUTPUTS = (ENSEMBLE_OUTPUT, PROGRESS_OUTPUT, STEPS_OUTPUT, PARTIAL_OUTPUT, PARTIAL_INDEX_OUTPUT)
 DENOISER_DESIGNS = ("async", "blocking")
 TRITON_BACKENDS = ("python", "native")
-ENGINES = ("onnxruntime", "tensorrt")
+ENGINES = ("onnxruntime", "torch", "tensorrt")
 DEVICES = ("cpu", "gpu")
 PROMPT_ROWS = 2  # [negative prompt, prompt]
 
@@ -52,8 +52,8 @@ class ServingOptions:
     # "python": components run ONNX Runtime on the CPU inside Python models (the CPU build of Triton);
     # "native": Triton's onnxruntime/tensorrt backends run them (the NGC image).
     triton_backend: str = "python"
-    engine: str = "onnxruntime"  # "onnxruntime" | "tensorrt" (native only)
-    device: str = "cpu"  # where native component models run: "cpu" | "gpu"
+    engine: str = "onnxruntime"  # "onnxruntime" | "torch" (Python backend) | "tensorrt" (native only)
+    device: str = "cpu"  # where component models run: "cpu" | "gpu"
     # "async": the image denoiser is decoupled and one instance interleaves every request's steps
     # (asyncio + async BLS), streaming progress and partial images; the pipeline's ensemble is then
     # reachable over gRPC streaming only. "blocking": each instance runs one request's loop at a
@@ -88,6 +88,9 @@ class ServingOptions:
         return self.denoiser == "async"
 
 
+TORCH_QUANTIZED = "--quantized serves dgate calibrate's ONNX graphs: use --engine onnxruntime or tensorrt"
+
+
 def unservable(options: ServingOptions) -> str | None:
     """Why `options` cannot be served as asked, or None: the one place for these rules (`dgate export`
     refuses them before loading a model, export_pipeline raises them). An option that would be
@@ -98,9 +101,11 @@ def unservable(options: ServingOptions) -> str | None:
                 "use --triton-backend native")
     if options.engine == "tensorrt" and options.device != "gpu":
         return "TensorRT engines run on GPU instances only (Triton refuses them on the CPU): add --device gpu"
-    if python and options.device == "gpu":
-        return ("--device gpu places native component models, and the Python-backend components run ONNX Runtime "
-                "on the CPU: use --triton-backend native --device gpu (NGC image), or --device cpu")
+    if options.engine == "torch" and not python:
+        return "the torch engine runs in the Python backend: leave --triton-backend python"
+    if python and options.device == "gpu" and options.engine == "onnxruntime" and options.lora:
+        return ("LoRA on GPU instances needs --engine torch: ONNX Runtime's CUDA sessions take no weights "
+                "updated in place (or pass --no-lora)")
     if not python and options.onnx_threads:
         return ("--onnx-threads sets the ONNX Runtime threads of Python-backend components; native models do not "
                 "read it: leave it at 0 with --triton-backend native")
@@ -131,11 +136,16 @@ def _add_tensors(field, tensors: tuple[TensorSpec, ...]) -> None:
 
 
 def _python_model(name: str, inputs, outputs, max_batch_size: int, instances: int,
-                  parameters: dict[str, str]) -> mc.ModelConfig:
+                  parameters: dict[str, str], gpu: bool = False) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     _add_tensors(config.input, inputs)
     _add_tensors(config.output, outputs)
-    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)
+    if gpu:  # one instance group per visible GPU by default (Triton's KIND_GPU without `gpus`)
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=instances)
+        # GPU tensors stay on the GPU across BLS instead of being copied to the host for the model.
+        parameters = parameters | {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"}
+    else:
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)
     for key, value in parameters.items():
         config.parameters[key].string_value = value
     return config
@@ -150,11 +160,12 @@ def component_config(spec: PipelineSpec, component: str, options: ServingOptions
         max_batch_size = max(max_batch_size, spec.limits.max_num_frames)
     name = model_name(spec.name, component)
     if options.triton_backend == "python":
-        parameters = {"engine": options.engine, "onnx_threads": str(options.onnx_threads)}
+        parameters = {"engine": options.engine, "component": component, "onnx_threads": str(options.onnx_threads)}
         if takes_lora(spec, component, options):
             inputs = (*inputs, LORA_ROWS)
             parameters["lora_component"] = component
-        config = _python_model(name, inputs, outputs, max_batch_size, options.component_instances, parameters)
+        config = _python_model(name, inputs, outputs, max_batch_size, options.component_instances, parameters,
+                               gpu=options.device == "gpu")
     else:
         native = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
         platform, filename = native[options.engine]

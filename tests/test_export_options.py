@@ -21,6 +21,7 @@ from dgate.core.limits import GenerationLimits
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.tensors import PIPELINE_MARKER_PARAMETER
 from dgate.export.triton_config import (
+    TORCH_QUANTIZED,
     ServingOptions,
     cancel_config,
     component_config,
@@ -35,8 +36,9 @@ from dgate.tiny import build_tiny_pipeline
 
 TRT_PYTHON = "TensorRT engines are served by Triton's native tensorrt backend: use --triton-backend native"
 TRT_CPU = "TensorRT engines run on GPU instances only (Triton refuses them on the CPU): add --device gpu"
-GPU_PYTHON = ("--device gpu places native component models, and the Python-backend components run ONNX Runtime "
-              "on the CPU: use --triton-backend native --device gpu (NGC image), or --device cpu")
+GPU_ORT_LORA = ("LoRA on GPU instances needs --engine torch: ONNX Runtime's CUDA sessions take no weights "
+                "updated in place (or pass --no-lora)")
+TORCH_NATIVE = "the torch engine runs in the Python backend: leave --triton-backend python"
 THREADS_NATIVE = ("--onnx-threads sets the ONNX Runtime threads of Python-backend components; native models do "
                   "not read it: leave it at 0 with --triton-backend native")
 
@@ -46,7 +48,9 @@ REFUSED = {
     "tensorrt-in-python-on-gpu": (["--engine", "tensorrt", "--device", "gpu"], TRT_PYTHON),
     "tensorrt-on-cpu": (["--triton-backend", "native", "--engine", "tensorrt"], TRT_CPU),
     "tensorrt-on-cpu-explicit": (["--triton-backend", "native", "--engine", "tensorrt", "--device", "cpu"], TRT_CPU),
-    "gpu-for-python-components": (["--device", "gpu"], GPU_PYTHON),
+    "gpu-onnxruntime-with-lora": (["--device", "gpu"], GPU_ORT_LORA),
+    "torch-native": (["--triton-backend", "native", "--engine", "torch"], TORCH_NATIVE),
+    "torch-quantized": (["--engine", "torch", "--quantized", "calibrated"], TORCH_QUANTIZED),
     "onnx-threads-native": (["--triton-backend", "native", "--onnx-threads", "2"], THREADS_NATIVE),
     "no-denoiser": (["--denoiser-instances", "0"], "--denoiser-instances must be at least 1, got 0"),
     "no-video-denoiser": (["--video-denoiser-instances", "0"], "--video-denoiser-instances must be at least 1, got 0"),
@@ -73,6 +77,9 @@ ACCEPTED = {
                  ServingOptions(triton_backend="native", engine="tensorrt", device="gpu")),
     "tensorrt-old-flag": (["--triton-backend", "native", "--backend", "tensorrt", "--device", "gpu"],
                           ServingOptions(triton_backend="native", engine="tensorrt", device="gpu")),
+    "torch": (["--engine", "torch"], ServingOptions(engine="torch")),
+    "torch-gpu": (["--engine", "torch", "--device", "gpu"], ServingOptions(engine="torch", device="gpu")),
+    "onnxruntime-gpu-no-lora": (["--device", "gpu", "--no-lora"], ServingOptions(device="gpu", lora=False)),
     "instances": (["--component-instances", "2", "--video-denoiser-instances", "3"],
                   ServingOptions(component_instances=2, video_denoiser_instances=3)),
 }
@@ -134,10 +141,14 @@ def test_export_pipeline_refuses_the_same_before_loading(tmp_path: Path, no_mode
     missing = str(tmp_path / "no-such-model")
     for options, message in ((ServingOptions(engine="tensorrt"), TRT_PYTHON),
                              (ServingOptions(triton_backend="native", engine="tensorrt"), TRT_CPU),
-                             (ServingOptions(device="gpu"), GPU_PYTHON)):
+                             (ServingOptions(device="gpu"), GPU_ORT_LORA)):
         with pytest.raises(ExportError) as error:
             pipeline_export.export_pipeline(missing, tmp_path / "repository", options=options)
         assert str(error.value) == message
+    with pytest.raises(ExportError) as error:
+        pipeline_export.export_pipeline(missing, tmp_path / "repository", options=ServingOptions(engine="torch"),
+                                        quantized=tmp_path / "calibrated")
+    assert str(error.value) == TORCH_QUANTIZED
     with pytest.raises(ExportError, match="precision must be fp32 or fp16"):
         pipeline_export.export_pipeline(missing, tmp_path / "repository", precision="int4")
     assert list(tmp_path.iterdir()) == []
@@ -160,6 +171,10 @@ def _parameters_read() -> set[str]:
     return set(re.findall(r"\.parameter\(\s*\"(\w+)\"", code))
 
 
+# Parameters python_backend itself reads: GPU inputs stay on the GPU instead of being copied to the host.
+TRITON_READS = {"FORCE_CPU_ONLY_INPUT_TENSORS"}
+
+
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory: pytest.TempPathFactory) -> list[PipelineSpec]:
     """One image and one video pipeline (each built in a few seconds)."""
@@ -169,11 +184,13 @@ def specs(tmp_path_factory: pytest.TempPathFactory) -> list[PipelineSpec]:
 
 
 @pytest.mark.parametrize("options", [ServingOptions(), ServingOptions(denoiser="blocking", lora=False),
-                                     ServingOptions(triton_backend="native", device="gpu")],
-                         ids=["async", "blocking-no-lora", "native-gpu"])
+                                     ServingOptions(triton_backend="native", device="gpu"),
+                                     ServingOptions(engine="torch", device="gpu")],
+                         ids=["async", "blocking-no-lora", "native-gpu", "torch-gpu"])
 def test_every_written_parameter_is_read(specs: list[PipelineSpec], options: ServingOptions) -> None:
     read = _parameters_read()
-    assert {"engine", "onnx_threads", "lora_component", "lora"} <= read  # the regex still finds them
+    assert {"engine", "component", "onnx_threads", "lora_component", "lora"} <= read  # the regex still finds them
+    read |= TRITON_READS
     for spec in specs:
         configs = [component_config(spec, component, options) for component in spec.exported_components]
         configs += [tokenize_config(spec, options), cancel_config(options), lora_config(options),
@@ -184,3 +201,15 @@ def test_every_written_parameter_is_read(specs: list[PipelineSpec], options: Ser
         limits = {field.name for field in fields(GenerationLimits)}
         assert set(ensemble_config(spec, options).parameters) <= {PIPELINE_MARKER_PARAMETER} | limits
     assert "denoiser_model" not in denoiser_config(specs[0], options).parameters
+
+
+def test_python_components_on_gpu_are_gpu_instances_that_keep_gpu_inputs(specs: list[PipelineSpec]) -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    gpu = component_config(specs[0], "unet", ServingOptions(engine="torch", device="gpu"))
+    assert [group.kind for group in gpu.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert gpu.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+    assert gpu.parameters["engine"].string_value == "torch" and gpu.parameters["component"].string_value == "unet"
+    cpu = component_config(specs[0], "unet", ServingOptions(engine="torch"))
+    assert [group.kind for group in cpu.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    assert "FORCE_CPU_ONLY_INPUT_TENSORS" not in cpu.parameters
