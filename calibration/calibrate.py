@@ -24,13 +24,13 @@ from tqdm import tqdm
 
 from dgate.calibration.qdq import fold_weight_quantizers, needs_tensorrt, quantized_layers
 from dgate.calibration.recipe import CalibrationRecipe
+from dgate.core.component_modules import component_module
 from dgate.core.errors import ExportError
 from dgate.core.families import spec_from_pipeline
 from dgate.core.quantization import MANIFEST_FILE, FusedAdapter, Quantization, adapter_digest
 from dgate.export.onnx_export import MODEL_FILE, export_onnx, save_onnx, verify_onnx
 from dgate.export.pipeline_export import check_inputs, load_pipeline, pipeline_name, trace_inputs
 from dgate.export.quantized import config_digest
-from dgate.export.wrappers import component_module
 
 logger = logging.getLogger(__name__)
 

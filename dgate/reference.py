@@ -211,7 +211,7 @@ def diffusers_video(pipe: Any, values: Mapping[str, Any], image: np.ndarray | No
 def torch_text_outputs(pipe: Any, spec: PipelineSpec, prompt: str, negative_prompt: str,
                        max_sequence_length: int = 0) -> TextOutputs:
     """What the tokenize + text encoder models produce, computed with the PyTorch encoders."""
-    from dgate.export.wrappers import TextEncoderWrapper
+    from dgate.core.component_modules import TextEncoderWrapper
 
     t5_length = max_sequence_length or spec.limits.default_max_sequence_length
     text: TextOutputs = {}
@@ -232,7 +232,7 @@ def torch_text_outputs(pipe: Any, spec: PipelineSpec, prompt: str, negative_prom
 
 def torch_component_call(pipe: Any, spec: PipelineSpec) -> Any:
     """A `ComponentCall` on the pipeline's PyTorch modules (the exported wrappers, in process)."""
-    from dgate.export.wrappers import component_module
+    from dgate.core.component_modules import component_module
 
     modules: dict[str, Any] = {}
 
@@ -280,7 +280,7 @@ def torch_loop_edit(pipe: Any, spec: PipelineSpec, values: Mapping[str, Any], im
 
 def torch_loop_images(pipe: Any, spec: PipelineSpec, values: Mapping[str, Any]) -> np.ndarray:
     """D-Gate's loop run in process on the pipeline's PyTorch modules, decoded by its VAE."""
-    from dgate.export.wrappers import VaeDecoderWrapper
+    from dgate.core.component_modules import VaeDecoderWrapper
 
     params = DenoiseParams(**{k: values[k] for k in DenoiseParams.__dataclass_fields__ if k in values})
     text = torch_text_outputs(pipe, spec, values["prompt"], params.negative_prompt, params.max_sequence_length)

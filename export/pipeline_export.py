@@ -13,6 +13,7 @@ import torch
 from diffusers import DiffusionPipeline
 from tqdm import tqdm
 
+from dgate.core.component_modules import component_module
 from dgate.core.errors import ExportError
 from dgate.core.families import spec_from_pipeline
 from dgate.core.lora.weight_map import LORA_MAP_FILE, build_lora_map
@@ -46,7 +47,6 @@ from dgate.export.triton_config import (
     unservable,
     video_denoiser_config,
 )
-from dgate.export.wrappers import component_module
 
 logger = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from dgate.core.component_modules import VaeDecoderWrapper
 from dgate.core.pipeline_spec import PipelineSpec
-from dgate.export.wrappers import VaeDecoderWrapper
 
 FIT_SAMPLES = 4
 FIT_LATENT_SIZE = 16  # latent pixels per side: 128 px images with an 8x VAE

@@ -89,7 +89,7 @@ def test_torch_engine_loaded_from_its_saved_files_equals_diffusers(pipe: Diffusi
 
 def test_torch_text_encoder_engine_equals_the_exported_wrapper(pipe: DiffusionPipeline, spec: PipelineSpec,
                                                                saved: dict[str, Path]) -> None:
-    from dgate.export.wrappers import component_module
+    from dgate.core.component_modules import component_module
 
     engine = load_engine("torch", saved["text_encoder"], spec, "text_encoder", CPU)
     ids = np.random.default_rng(0).integers(0, 1000, (2, 77)).astype(np.int64)

@@ -50,12 +50,12 @@ def _ort_static_int8(fp32: Path, out: Path, calibration: list[dict[str, np.ndarr
 def run_quant_bench(args: argparse.Namespace) -> int:
     import torch
 
+    from dgate.core.component_modules import component_module
     from dgate.core.families import spec_from_pipeline
     from dgate.core.onnx_session import create_session
     from dgate.export.onnx_export import MODEL_FILE, convert_to_fp16, export_onnx, sample_inputs
     from dgate.export.pipeline_export import load_pipeline, pipeline_name, trace_inputs
     from dgate.export.quantized import load_quantization, quantized_files
-    from dgate.export.wrappers import component_module
 
     pipe = load_pipeline(args.model)
     spec = spec_from_pipeline(pipe, pipeline_name(args.model))

@@ -36,7 +36,7 @@ MANIFEST_FILE = "torch_modules.json"
 
 
 def pipeline_modules(spec: PipelineSpec, component: str) -> tuple[str, ...]:
-    """The pipeline attributes a component's wrapper reads (dgate.export.wrappers.component_module)."""
+    """The pipeline attributes a component's wrapper reads (dgate.core.component_modules.component_module)."""
     if component in ("vae_decoder", "vae_encoder"):
         return ("vae",)
     if component == "image_encoder":
@@ -100,7 +100,7 @@ class TorchEngine:
     def from_modules(cls, pipe: Any, spec: PipelineSpec, component: str, placement: Placement,
                      lora: bool = False) -> TorchEngine:
         """Over a loaded pipeline (or any object with its module attributes), as `load` does from disk."""
-        from dgate.export.wrappers import component_module
+        from dgate.core.component_modules import component_module
 
         module = component_module(pipe, spec, component)
         # FP16 where the spec says so, on a GPU only: CPU kernels for half precision are slow or missing.
