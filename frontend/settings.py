@@ -23,20 +23,20 @@ class FrontendSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DGATE_", extra="ignore")
 
     triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint, host:port")
-    host: str = "127.0.0.1"
-    port: int = Field(9000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address the frontend listens on")
+    port: int = Field(9000, ge=0, le=65535, description="port the frontend listens on")
     default_model: str | None = Field(
-        None, description="pipeline used when a request names none; None = first"
+        None, description="pipeline used when a request names none; unset: the first loaded one"
     )
     request_timeout_s: float = Field(300.0, gt=0, description="deadline of one generation request in Triton")
     metadata_timeout_s: float = Field(5.0, gt=0, description="deadline of Triton health/config calls")
     url_ttl_s: float = Field(3600.0, gt=0, description="how long images returned as `url` stay fetchable")
     url_store_max_mb: float = Field(512.0, gt=0, description="disk cap of the `url` images this replica "
                                     "wrote; its oldest go first")
-    max_prompt_chars: int = Field(4000, ge=1)
+    max_prompt_chars: int = Field(4000, ge=1, description="longest prompt accepted, in characters")
     public_base_url: str | None = Field(None, description="absolute base of `url` links; else the request's")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 answers")
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="level of the JSON logs on stderr")
     lora_dir: str = Field("build/loras", description="the adapters directory (DGATE_LORA_DIR); Triton reads the same")
     # Videos API (durable jobs + a worker pool).
     jobs_db: str = Field("sqlite://build/jobs/jobs.db", description="job store URL: sqlite://relative/path.db, "
@@ -54,6 +54,7 @@ class FrontendSettings(BaseSettings):
                                      "replicas queued")
     video_maintenance_s: float = Field(5.0, gt=0, description="how often lost jobs are requeued and expired "
                                        "ones collected")
-    max_upload_mb: float = Field(20.0, gt=0, description="largest `input_reference` upload")
-    max_input_pixels: int = Field(4096 * 4096, ge=1, description="largest `input_reference` in pixels, read "
+    max_upload_mb: float = Field(20.0, gt=0, description="largest uploaded file (edits, variations, "
+                                 "`input_reference`)")
+    max_input_pixels: int = Field(4096 * 4096, ge=1, description="largest uploaded image in pixels, read "
                                   "from the header before decoding")
