@@ -58,8 +58,10 @@ test: install postgres browser
 	PYTHON=$(BIN)/python .ci/typecheck
 	$(BIN)/python -m pytest -v -rA
 
+# Without the e2e tier (tritonserver, the exported session repository) and the slow one (training,
+# calibration, evaluation runs): see the markers in tests/conftest.py.
 test-fast: install postgres browser
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not e2e and not slow"
 
 $(REPOSITORY)/.exported: $(VENV)/.installed
 	$(BIN)/dgate tiny --out $(MODELS)

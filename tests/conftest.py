@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
@@ -22,6 +24,90 @@ os.environ.setdefault("DGATE_JOBS_DB", f"sqlite://{_STATE}/jobs.db")
 os.environ.setdefault("DGATE_ASSETS_DIR", f"{_STATE}/assets")
 
 pytest_plugins = ["frontend_fixtures", "postgres_server"]
+
+# Test tiers: `make test-fast` runs -m "not e2e and not slow", `make test` everything.
+# e2e: the test starts tritonserver or uses the session's exported repository. Derived from the fixtures it
+# uses (item.fixturenames is the closure, so every fixture built on these counts too), so it cannot drift;
+# E2E_TESTS names the tests that start a tritonserver of their own.
+E2E_FIXTURES = frozenset({"triton", "model_repository", "quantized_models", "fused_triton"})
+E2E_TESTS = frozenset({
+    "test_triton_server.py::test_serves_http_and_grpc_then_stops",
+    "test_triton_server.py::test_broken_model_fails_start_with_log",
+    "test_triton_server.py::test_run_foreground_stops_on_sigint",
+})
+# slow: the rest of what `pytest --durations` on 2 CPU cores found at 7-42 s a call: every training and
+# calibration run, the evaluation runs, the FP16 export check, a subprocess importing torchvision.
+# A name here that matches no test is a usage error, so that a rename cannot drop it silently.
+SLOW_TESTS = frozenset({
+    "test_calibration.py::test_dit_calibration_quantizes_the_transformer_blocks",
+    "test_calibration.py::test_fp8_is_for_tensorrt_and_onnxruntime_export_refuses_it",
+    "test_eval.py::test_clip_random_weights_score_in_range_and_deterministic",
+    "test_eval.py::test_fid_random_weights_zero_against_itself_positive_against_other",
+    "test_eval.py::test_run_eval_against_stub_server_random_weights",
+    "test_export.py::test_fp16_export_stays_close_to_pytorch",
+    "test_finetune.py::test_dreambooth_prior_preservation_generates_class_images",
+    "test_finetune.py::test_lora_cli_adapter_loads_in_diffusers_and_matches_training",
+    "test_finetune.py::test_resume_ends_where_an_uninterrupted_run_ends",
+    "test_finetune.py::test_sdxl_with_text_encoders_round_trips",
+    "test_packaging.py::test_torchvision_imports_beside_the_cpu_torch",
+})
+
+
+def _test_name(item: pytest.Item) -> str:
+    """`file.py::function`, without parameters: the form of E2E_TESTS and SLOW_TESTS."""
+    return f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    modules: dict[str, object] = {}
+    for item in items:
+        name = _test_name(item)
+        if E2E_FIXTURES.intersection(item.fixturenames) or name in E2E_TESTS:
+            item.add_marker(pytest.mark.e2e)
+        if name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+        module = getattr(item, "module", None)
+        if module is not None:
+            modules[item.path.name] = module
+    stale = []
+    for name in sorted(E2E_TESTS | SLOW_TESTS):
+        file, function = name.split("::")
+        # Checked against the collected modules, not the items, so that running a few tests checks too.
+        if not (Path(__file__).parent / file).is_file() or (
+                file in modules and not callable(getattr(modules[file], function, None))):
+            stale.append(name)
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py names tests that do not exist: {', '.join(stale)}")
+
+
+@contextmanager
+def _refuse_triton_outside_e2e(item: pytest.Item) -> Iterator[None]:
+    """A test outside the e2e tier (or a fixture it sets up) that starts tritonserver fails, rather than
+    silently slowing `make test-fast`."""
+    if item.get_closest_marker("e2e") is not None:
+        yield
+        return
+    from dgate.triton_server import TritonServer
+
+    def refuse(self: object) -> None:
+        raise RuntimeError(f"{_test_name(item)} starts tritonserver: name it (or its fixture) in tests/conftest.py's "
+                           "E2E_TESTS (E2E_FIXTURES)")
+
+    with patch.object(TritonServer, "start", refuse):
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _refuse_triton_outside_e2e(item):  # module and session fixtures are set up here too
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _refuse_triton_outside_e2e(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,6 @@ import pytest
 
 from dgate.cli import main
 
-pytestmark = pytest.mark.slow
-
 COLUMNS = ["path", "concurrency", "img/s", "p50 ms", "p95 ms", "vs diffusers", "frontend overhead"]
 
 
@@ -49,10 +47,13 @@ def test_bench_prints_the_table(tiny_models: dict[str, Path], model_repository: 
         else:
             assert overhead == "-"
     assert "max pixel difference vs diffusers" in output
-    step_line = next(line for line in output.splitlines() if line.strip().startswith("c=1: denoiser"))
-    assert "overhead" in step_line and "UNet batching 2.00 rows" in step_line  # one CFG request per execution
     assert "BLS step cost (per-step overhead = " in output
-    assert output.count("[MET]") + output.count("[MISSED]") == 3
+    overhead_line = next(line for line in output.splitlines() if line.strip().startswith("c=1: client"))
+    assert "model compute" in overhead_line and "tiny-sd_unet" in overhead_line and "ms/step" in overhead_line
+    assert "tiny-sd_denoiser" not in overhead_line  # its own compute is not subtracted
+    unet_line = next(line for line in output.splitlines() if line.strip().startswith("c=1: UNet"))
+    assert "UNet batching 2.00 rows" in unet_line  # one CFG request per execution
+    assert output.count("[MET]") + output.count("[MISSED]") == 3 and "[UNAVAILABLE]" not in output
     _table(flux_report)
 
 

@@ -26,8 +26,6 @@ from dgate.core.lora.request import AdapterRef, encode_adapters
 from dgate.frontend.settings import FrontendSettings
 from dgate.tiny_lora import random_lora
 
-pytestmark = pytest.mark.slow
-
 # FP32 ONNX Runtime (refit weights) vs PyTorch diffusers with peft layers: the issue allows 2/255.
 MAX_PIXEL_DIFFERENCE = 2
 FAST = {"num_inference_steps": 2}

@@ -28,8 +28,6 @@ from triton_requests import ensemble_inputs, reference_images
 from dgate.frontend.settings import FrontendSettings
 from dgate.triton_server import TritonServer, free_ports
 
-pytestmark = pytest.mark.slow
-
 PIPELINES = ("tiny-pixart", "tiny-sd")  # the frontend's generic behaviour is checked on these two
 ALL_PIPELINES = ("tiny-animatediff", "tiny-flux", "tiny-flux-async", "tiny-pixart", "tiny-sd", "tiny-sd-async",
                  "tiny-sd-inpaint", "tiny-sd-int8", "tiny-sd3", "tiny-sdxl", "tiny-svd")

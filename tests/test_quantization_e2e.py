@@ -23,8 +23,6 @@ from triton_requests import ensemble_inputs, reference_images
 
 from dgate.core.lora.request import AdapterRef, encode_adapters
 
-pytestmark = pytest.mark.slow
-
 MIN_PSNR_DB = 38.0
 MAX_PIXEL_DIFFERENCE = 24
 PROMPTS = ("a red fox in the snow", "a lighthouse in a storm", "a bowl of ramen")

@@ -22,8 +22,6 @@ from triton_requests import DEFAULTS, reference_images
 
 from dgate.core.tensors import infer_inputs, request_tensors
 
-pytestmark = pytest.mark.slow
-
 ASYNC_SD, ASYNC_FLUX = "tiny-sd-async", "tiny-flux-async"
 OUTPUTS = ("progress", "steps", "partial_image", "partial_image_index", "images")
 MAX_PIXEL_DIFFERENCE = 2  # FP32 ONNX Runtime vs PyTorch (measured: see the asserts' comments)

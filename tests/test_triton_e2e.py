@@ -12,8 +12,6 @@ import tritonclient.http as httpclient
 from triton_requests import ensemble_inputs, reference_images
 from tritonclient.utils import InferenceServerException
 
-pytestmark = pytest.mark.slow
-
 # FP32 ONNX Runtime vs PyTorch: the issue allows 2/255; we measured 0 (identical 8-bit images).
 MAX_PIXEL_DIFFERENCE = 2
 

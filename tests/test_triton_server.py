@@ -108,7 +108,6 @@ def test_prepare_backends_concurrently(tmp_path: Path, monkeypatch: pytest.Monke
     assert [p.name for p in backends.parent.iterdir()] == [backends.name]  # no temp dirs left behind
 
 
-@pytest.mark.slow
 def test_serves_http_and_grpc_then_stops(tmp_path: Path) -> None:
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
@@ -144,7 +143,6 @@ def test_serves_http_and_grpc_then_stops(tmp_path: Path) -> None:
     assert "Started GRPCInferenceService" in log_path.read_text()
 
 
-@pytest.mark.slow
 def test_broken_model_fails_start_with_log(tmp_path: Path) -> None:
     write_model(tmp_path / "repo", "broken", BROKEN_MODEL)
     server = TritonServer(tmp_path / "repo", free_ports(), log_path=tmp_path / "triton.log")
@@ -154,7 +152,6 @@ def test_broken_model_fails_start_with_log(tmp_path: Path) -> None:
     assert not server.is_running()
 
 
-@pytest.mark.slow
 def test_run_foreground_stops_on_sigint(tmp_path: Path) -> None:
     write_model(tmp_path / "repo", "add_one", ADD_ONE_MODEL)
     ports = free_ports()

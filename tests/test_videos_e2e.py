@@ -26,8 +26,6 @@ from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.video.encoding import decode_mp4, encode_mp4, probe_mp4
 from dgate.reference import diffusers_video
 
-pytestmark = pytest.mark.slow
-
 # Served vs diffusers, both through encode_mp4 and back: the frames differ by <= 1/255 before encoding.
 # A wrong video (another seed) is ~40/255 away on average.
 MAX_MEAN_ERROR = 2 / 255

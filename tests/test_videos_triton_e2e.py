@@ -19,8 +19,6 @@ from tritonclient.utils import InferenceServerException
 from dgate.core.tensors import infer_inputs, request_tensors
 from dgate.reference import diffusers_video
 
-pytestmark = pytest.mark.slow
-
 # FP32 ONNX Runtime in Triton vs PyTorch diffusers: the issue allows 2/255.
 MAX_PIXEL_DIFFERENCE = 2
 BASE = {"prompt": "a paper boat on a river", "negative_prompt": "", "num_images": 1, "num_inference_steps": 3,

@@ -54,8 +54,8 @@ async def _measure(url: str, pipeline: str, component: str, workload: Workload, 
         probe = StatsProbe(path.client, pipeline, component)
         before = await probe.snapshot()
         level = await measure_async(path.generate, list(range(requests)), concurrency, "measured")
-        after = await probe.snapshot()
-        return list(level.latencies), level.throughput, after[1] - before[1]
+        after = await probe.settled(before, requests)
+        return list(level.latencies), level.throughput, (after - before)[probe.unet]
     finally:
         await path.close()
 

@@ -19,7 +19,8 @@ from dgate.bench import report
 from dgate.bench.footprint import format_footprint, tree_footprint
 from dgate.bench.reference import UnetReference
 from dgate.bench.servers import start_servers
-from dgate.bench.triton_stats import ModelCounters, StatsProbe, StepCost
+from dgate.bench.step_overhead import StepOverhead, step_overhead, unavailable
+from dgate.bench.triton_stats import Snapshot, StatsProbe, UnetBatching
 from dgate.bench.workload import (
     DiffusersPath,
     FrontendPath,
@@ -53,7 +54,8 @@ def _serving_line(configs: dict[str, dict[str, Any]]) -> str:
 
 
 async def _served(servers: Any, pipeline: str, component: str, workload: Workload, levels: Sequence[int],
-                  requests: int, reference: np.ndarray) -> tuple[list[LevelResult], list[StepCost], list[str]]:
+                  requests: int, reference: np.ndarray
+                  ) -> tuple[list[LevelResult], StepOverhead, list[UnetBatching], list[str]]:
     triton = TritonPath(servers.grpc_url, pipeline, workload)
     frontend = FrontendPath(servers.frontend_url, pipeline, workload)
     await triton.open()
@@ -75,7 +77,8 @@ async def _served(servers: Any, pipeline: str, component: str, workload: Workloa
 
         probe = StatsProbe(triton.client, pipeline, component)
         results: list[LevelResult] = []
-        costs: list[StepCost] = []
+        batching: list[UnetBatching] = []
+        overhead = unavailable(workload.steps, "concurrency 1 was not measured (--concurrency)")
         seeds = list(range(MEASURED_SEED, MEASURED_SEED + requests))
         halves = (seeds[: (requests + 1) // 2], seeds[(requests + 1) // 2:])
         paths: dict[str, TritonPath | FrontendPath] = {report.TRITON: triton, report.FRONTEND: frontend}
@@ -83,21 +86,24 @@ async def _served(servers: Any, pipeline: str, component: str, workload: Workloa
             # ABBA (triton, frontend, frontend, triton; each half of the seeds): slow drift in the machine's
             # load, which a shared 2-core box has plenty of, hits both paths alike.
             runs: dict[str, list[LevelResult]] = {label: [] for label in paths}
-            den, unet = ModelCounters(), ModelCounters()
+            deltas = Snapshot()  # over the triton runs only
             for label, half in ((report.TRITON, 0), (report.FRONTEND, 0), (report.FRONTEND, 1), (report.TRITON, 1)):
                 if not halves[half]:
                     continue
+                if label == report.FRONTEND:
+                    runs[label].append(await measure_async(paths[label].generate, halves[half], concurrency, label))
+                    continue
                 before = await probe.snapshot()
                 runs[label].append(await measure_async(paths[label].generate, halves[half], concurrency, label))
-                after = await probe.snapshot()
-                if label == report.TRITON:
-                    den, unet = den + (after[0] - before[0]), unet + (after[1] - before[1])
-            costs.append(StepCost.from_deltas(concurrency, workload.steps, den, unet))
+                deltas = deltas + (await probe.settled(before, len(halves[half])) - before)
+            batching.append(UnetBatching.from_deltas(concurrency, deltas[probe.unet]))
             for label, parts in runs.items():
                 results.append(functools.reduce(operator.add, parts))
+                if label == report.TRITON and concurrency == 1:
+                    overhead = step_overhead(results[-1].latencies, workload.steps, deltas, pipeline, component)
                 log.info("%s c=%d: %.2f img/s, p50 %.1f ms", label, concurrency, results[-1].throughput,
                          results[-1].percentile_ms(50))
-        return results, costs, notes
+        return results, overhead, batching, notes
     finally:
         await frontend.close()
         await triton.close()
@@ -142,13 +148,13 @@ def _bench_pipeline(args: argparse.Namespace, servers: Any, repository: Path, mo
     reference = diffusers.generate(MEASURED_SEED)
     del diffusers
     unet = _unet_reference(repository / f"{pipeline}_{component}", spec, workload.size)
-    served, costs, notes = asyncio.run(
+    served, overhead, batching, notes = asyncio.run(
         _served(servers, pipeline, component, workload, levels, args.requests, reference))
     if unet is not None:
         unet.measure()  # Triton idle again: a second sample, in case the first met a load spike
 
     results = [baseline, *served]
-    found = report.targets(results, costs)
+    found = report.targets(results, overhead)
     print(f"dgate bench: pipeline {pipeline} ({spec.family}), {workload.steps} steps, "
           f"{workload.size}x{workload.size}, guidance {workload.guidance_scale}, n=1, {args.requests} requests "
           f"per level (distinct seeds), {cpu_count()} CPU cores; load average (1/5/15 min) before {load_before}, "
@@ -156,7 +162,8 @@ def _bench_pipeline(args: argparse.Namespace, servers: Any, repository: Path, mo
     for note in notes:
         print(note)
     print(report.table(results))
-    for line in report.step_lines(costs, unet.ms if unet is not None else None) + report.target_lines(found):
+    for line in (report.step_lines(overhead, batching, unet.ms if unet is not None else None)
+                 + report.target_lines(found)):
         print(line)
     print(flush=True)
 
