@@ -158,6 +158,12 @@ def cmd_bench_video(args: argparse.Namespace) -> int:
     return run_video_bench(args)
 
 
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from dgate.gpu_check.runner import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgate", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -186,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default="onnxruntime",
                         help="component engine (--backend: its former name): onnxruntime (ONNX export, checked "
                              "against PyTorch); torch (the pipeline's own modules, no export; LoRA on CPU and GPU); "
-                             "tensorrt (FP16 plans, served with --triton-backend native --device gpu)")
+                             "tensorrt (plans in the pipeline's precision, for --triton-backend native --device gpu)")
     export.add_argument("--triton-backend", choices=("python", "native"), default="python",
                         help="python: components run their --engine in Python-backend models (CPU build "
                              "of Triton); native: onnxruntime/tensorrt backend configs for the NGC image")
@@ -282,11 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     from dgate.calibration.cli import add_calibrate_parser
     from dgate.eval.cli import add_eval_parser
     from dgate.finetune.cli import add_finetune_parser
+    from dgate.gpu_check.arguments import DESCRIPTION as GPU_CHECK
+    from dgate.gpu_check.arguments import add_arguments as add_gpu_check_arguments
 
     add_finetune_parser(sub)
     add_calibrate_parser(sub)
     add_quant_bench_parser(sub)
     add_eval_parser(sub)
+    add_gpu_check_arguments(sub.add_parser("gpu-check", help=GPU_CHECK)).set_defaults(func=cmd_gpu_check)
     return parser
 
 

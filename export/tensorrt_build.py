@@ -1,7 +1,8 @@
 """Build refittable TensorRT engines from the exported ONNX files (GPU only).
 
-Engines are built with REFIT so LoRA weights can later be applied by refitting, never by
-rebuilding. Shape profiles come from the PipelineSpec: batch 1..max_batch_size and the pipeline's
+Engines are built with REFIT so that LoRA can later be applied by refitting, never by rebuilding;
+nothing refits them yet (Triton's native tensorrt_plan backend, which serves them, cannot).
+Shape profiles come from the PipelineSpec: batch 1..max_batch_size and the pipeline's
 size limits. `tensorrt` is imported lazily so the rest of export works on machines without it.
 """
 
@@ -62,7 +63,7 @@ def build_engine(onnx_path: Path, plan_path: Path, shapes: dict[str, tuple[Shape
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if precision in ("fp32", "fp16"):
-        config.set_flag(trt.BuilderFlag.REFIT)  # LoRA is applied by refit (see the LoRA issue)
+        config.set_flag(trt.BuilderFlag.REFIT)  # for LoRA by refit once an engine runs in the Python backend
     if precision != "fp32":
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
