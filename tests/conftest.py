@@ -151,6 +151,10 @@ def model_repository(tiny_models: dict[str, Path], quantized_models: dict[str, P
     # DiT family: streaming, edits and the playground are tested on these.
     for name, source in ASYNC_PIPELINES.items():
         export_pipeline(str(tiny_models[source]), repository, name=name, options=ServingOptions(onnx_threads=2))
+    # The torch engine (`--engine torch`): the pipeline's own modules in the Python backend, no ONNX.
+    for name, source in TORCH_ENGINE_PIPELINES.items():
+        export_pipeline(str(tiny_models[source]), repository, name=name,
+                        options=ServingOptions(engine="torch", onnx_threads=2))
     for path in inpaint_models.values():
         export_pipeline(str(path), repository, options=ServingOptions(onnx_threads=2))
     for name, directory in quantized_models.items():
@@ -160,6 +164,7 @@ def model_repository(tiny_models: dict[str, Path], quantized_models: dict[str, P
 
 
 ASYNC_PIPELINES = {"tiny-sd-async": "tiny-sd", "tiny-flux-async": "tiny-flux"}
+TORCH_ENGINE_PIPELINES = {"tiny-sd-torch": "tiny-sd"}
 
 # Served beside tiny-sd: its INT8 calibration (one denoiser instance: 7 more stub processes).
 QUANTIZED_PIPELINE = "tiny-sd-int8"
