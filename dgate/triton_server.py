@@ -22,6 +22,33 @@ from dgate.core.lora.request import LORA_DIR_ENV, adapters_dir
 
 log = logging.getLogger(__name__)
 
+CUDA_POOL_ENV = "DGATE_CUDA_POOL_MB"
+# Python-backend models hand GPU tensors to each other through Triton's CUDA memory pool; when it is
+# full (64 MB by default) python_backend falls back, silently, to slower per-tensor CUDA IPC. A
+# batch of SDXL latents and its conditioning per step is tens of MB: size it for several in flight.
+DEFAULT_CUDA_POOL_MB = 1024
+
+
+def gpu_instance_devices(model_repository: Path) -> list[int]:
+    """The GPUs the repository's models are placed on: device 0 when any config asks for KIND_GPU
+    without naming devices, plus every id named in a `gpus: [...]` list."""
+    devices: set[int] = set()
+    for config in model_repository.glob("*/config.pbtxt"):
+        text = config.read_text()
+        if "KIND_GPU" not in text:
+            continue
+        named = [int(n) for part in text.split("gpus:")[1:] for n in part.split("]")[0].strip(" [").split(",")
+                 if n.strip().isdigit()]
+        devices.update(named or [0])
+    return sorted(devices)
+
+
+def cuda_pool_args(model_repository: Path) -> list[str]:
+    """`--cuda-memory-pool-byte-size` for each GPU the repository uses (none for a CPU repository:
+    the CPU build of Triton has no pool to size)."""
+    size = int(os.environ.get(CUDA_POOL_ENV, DEFAULT_CUDA_POOL_MB)) * 1024 * 1024
+    return [f"--cuda-memory-pool-byte-size={device}:{size}" for device in gpu_instance_devices(model_repository)]
+
 
 @dataclass(frozen=True)
 class TritonPorts:
@@ -167,6 +194,7 @@ class TritonServer:
                 "--exit-timeout-secs=20", f"--log-verbose={self.log_verbose}"]
         if backends is not None:
             args.append(f"--backend-directory={backends}")
+        args += cuda_pool_args(self.model_repository)
         # Triton takes the last value of a repeated flag, so extra_args override the defaults above.
         return args + self.extra_args
 

@@ -168,3 +168,21 @@ def test_run_foreground_stops_on_sigint(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_gpu_repositories_get_a_cuda_pool_sized_for_tensors_between_models(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dgate.triton_server import cuda_pool_args
+
+    (tmp_path / "cpu_model").mkdir()
+    (tmp_path / "cpu_model" / "config.pbtxt").write_text('instance_group { kind: KIND_CPU count: 1 }')
+    assert cuda_pool_args(tmp_path) == []  # the CPU build has no pool to size
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.pbtxt").write_text('instance_group {\n  kind: KIND_GPU\n  count: 1\n}')
+    assert cuda_pool_args(tmp_path) == [f"--cuda-memory-pool-byte-size=0:{1024 * 1024 * 1024}"]
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.pbtxt").write_text('instance_group { kind: KIND_GPU gpus: [1, 2] }')
+    monkeypatch.setenv("DGATE_CUDA_POOL_MB", "256")
+    assert cuda_pool_args(tmp_path) == [f"--cuda-memory-pool-byte-size={d}:{256 * 1024 * 1024}" for d in (0, 1, 2)]
+    server = TritonServer(tmp_path, TritonPorts(1, 2, 3), backend_dir=tmp_path / "b")
+    assert f"--cuda-memory-pool-byte-size=2:{256 * 1024 * 1024}" in server.command(find_tritonserver())
