@@ -142,7 +142,7 @@ def derive_spec(pipe: Any, name: str, *, precision: str, max_size: int | None, d
                                   precision=precision, default_scheduler=default_scheduler)
     except ValueError as error:
         raise ExportError(str(error)) from error
-    if spec.limits.is_video:
+    if spec.capabilities.is_video:
         return spec
     return replace(spec, preview_rgb=fit_preview_map(pipe, spec))
 
@@ -154,7 +154,7 @@ def apply_quantization(spec: PipelineSpec, pipe: Any, quantized: Path, engine: s
     there against the fused PyTorch encoder; this base one no longer matches)."""
     quantization = load_quantization(quantized, pipe, spec.denoiser_component, engine)
     spec = replace(spec, quantization=quantization,
-                   limits=replace(spec.limits, precision=quantization.precision),
+                   capabilities=replace(spec.capabilities, precision=quantization.precision),
                    precisions=spec.precisions | {spec.denoiser_component: quantization.precision})
     return spec, dict.fromkeys(quantization.components, quantized)
 
@@ -162,7 +162,7 @@ def apply_quantization(spec: PipelineSpec, pipe: Any, quantized: Path, engine: s
 def pipeline_options(spec: PipelineSpec, options: ServingOptions) -> ServingOptions:
     """The options this pipeline is served with. Refit cannot reach quantized weights: the pipeline
     serves no LoRA (dgate_lora still answers for it). Video pipelines take no adapters yet."""
-    if spec.quantization is not None or spec.limits.is_video:
+    if spec.quantization is not None or spec.capabilities.is_video:
         return replace(options, lora=False)
     return options
 
@@ -251,7 +251,7 @@ def write_pipeline_models(pipe: Any, spec: PipelineSpec, options: ServingOptions
             PIPELINE_FILE: spec_json,
             "model.py": model_shim("tokenizer_model", f"{spec.name} tokenizer"),
         })
-    if spec.limits.is_video:
+    if spec.capabilities.is_video:
         config, denoiser_module = video_denoiser_config(spec, options), "video_denoiser_model"
     else:
         config = denoiser_config(spec, options)

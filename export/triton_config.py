@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from dgate.core.families import family_of
 from dgate.core.pipeline_spec import PipelineSpec, TextEncoderSpec
+from dgate.core.served_pipeline import ServedPipeline
 from dgate.core.tensors import (
     CANCEL_MODEL,
     CANCEL_OUTPUT,
@@ -125,7 +126,7 @@ def unservable(options: ServingOptions) -> str | None:
 def takes_lora(spec: PipelineSpec, component: str, options: ServingOptions) -> bool:
     # Video pipelines take no adapters yet (their denoiser passes no per-row `lora` to the UNet).
     adaptable = (*(e.component for e in spec.text_encoders), spec.denoiser_component)
-    return options.serves_lora and not spec.limits.is_video and component in adaptable
+    return options.serves_lora and not spec.capabilities.is_video and component in adaptable
 
 
 def _add_tensors(field, tensors: tuple[TensorSpec, ...]) -> None:
@@ -156,7 +157,7 @@ def component_config(spec: PipelineSpec, component: str, options: ServingOptions
     inputs, outputs = family_of(spec).component_io(spec, component)
     rows_per_image = 1 if component.startswith("vae") else PROMPT_ROWS  # CFG: uncond + cond
     max_batch_size = spec.limits.max_images * rows_per_image
-    if component.startswith("vae") and spec.limits.is_video:  # a 2-D VAE decodes a video's frames as rows
+    if component.startswith("vae") and spec.capabilities.is_video:  # a 2-D VAE decodes a video's frames as rows
         max_batch_size = max(max_batch_size, spec.limits.max_num_frames)
     name = model_name(spec.name, component)
     if options.triton_backend == "python":
@@ -234,7 +235,7 @@ def video_denoiser_config(spec: PipelineSpec, options: ServingOptions) -> mc.Mod
     """Decoupled: one `progress` response per step, then `video` (see video_denoiser_model)."""
     config = _python_model(
         model_name(spec.name, "denoiser"),
-        (*encoded_prompt_inputs(spec), *request_tensors(spec.limits.task, spec.limits.takes_image)),
+        (*encoded_prompt_inputs(spec), *request_tensors(spec.capabilities.task, spec.capabilities.takes_image)),
         (VIDEO_OUTPUT, PROGRESS_OUTPUT),
         max_batch_size=0, instances=options.video_denoiser_instances, parameters={},
     )
@@ -267,9 +268,9 @@ def ensemble_config(spec: PipelineSpec, options: ServingOptions | None = None) -
     it sends (progress, partial images, then the result) is the ensemble's, over gRPC streaming.
     """
     options = options or ServingOptions()
-    video = spec.limits.is_video
+    video = spec.capabilities.is_video
     config = mc.ModelConfig(name=spec.name, platform="ensemble", max_batch_size=0)
-    request = request_tensors(spec.limits.task, spec.limits.takes_image)
+    request = request_tensors(spec.capabilities.task, spec.capabilities.takes_image)
     outputs = (VIDEO_OUTPUT, PROGRESS_OUTPUT) if video else STREAMING_OUTPUTS if options.streams else (ENSEMBLE_OUTPUT,)
     _add_tensors(config.input, request)
     _add_tensors(config.output, outputs)
@@ -296,9 +297,9 @@ def ensemble_config(spec: PipelineSpec, options: ServingOptions | None = None) -
 
 
 def _with_parameters(config: mc.ModelConfig, spec: PipelineSpec, options: ServingOptions) -> mc.ModelConfig:
-    """The pipeline marker and its limits, read back by the frontend."""
-    limits = replace(spec.limits, streams=options.streams and not spec.limits.is_video)
-    parameters = {PIPELINE_MARKER_PARAMETER: "true"} | limits.to_parameters()
+    """The pipeline marker, its limits and capabilities and whether it streams, read back by the frontend."""
+    served = ServedPipeline(spec.limits, spec.capabilities, streams=options.streams and not spec.capabilities.is_video)
+    parameters = {PIPELINE_MARKER_PARAMETER: "true"} | served.to_parameters()
     for key, value in parameters.items():
         config.parameters[key].string_value = value
     return config

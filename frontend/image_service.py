@@ -14,8 +14,8 @@ import numpy as np
 from fastapi import Request, Response
 
 from dgate.core.errors import InvalidRequestError
-from dgate.core.limits import GenerationLimits
 from dgate.core.params import GenerationParams
+from dgate.core.served_pipeline import ServedPipeline
 from dgate.frontend.disconnect import unless_disconnected
 from dgate.frontend.engine import EditImages, ImageEngine, PartialCallback, StepCallback, resolve_model
 from dgate.frontend.errors import from_exception
@@ -35,20 +35,21 @@ EventKind = Literal["image_generation", "image_edit"]
 
 
 async def image_pipeline(state: AppState, requested: str | None, *, edits: bool = False, masked: bool = False
-                         ) -> tuple[str, GenerationLimits]:
-    """The pipeline of an image request and its limits; a 400 for a video pipeline, for edits on one
+                         ) -> tuple[str, ServedPipeline]:
+    """The pipeline of an image request as served; a 400 for a video pipeline, for edits on one
     that cannot edit, and for anything but a masked edit on a dedicated inpainting model."""
     model = await resolve_model(state.engine, requested, state.settings.default_model)
-    limits = await state.engine.pipeline_limits(model)
-    if limits.is_video:
+    pipeline = await state.engine.served_pipeline(model)
+    capabilities = pipeline.capabilities
+    if capabilities.is_video:
         raise InvalidRequestError(f"{model} makes videos: ask /v1/videos for them", "model")
-    if edits and not limits.edits:
-        raise InvalidRequestError(f"{model} is a {limits.family} pipeline served without image edits "
+    if edits and not capabilities.edits:
+        raise InvalidRequestError(f"{model} is a {pipeline.limits.family} pipeline served without image edits "
                                   "(img2img and inpainting): choose a pipeline that has them", "model")
-    if limits.inpaint_model and not (edits and masked):
+    if capabilities.inpaint_model and not (edits and masked):
         raise InvalidRequestError(f"{model} is an inpainting model: send an image and a mask to /v1/images/edits",
                                   "mask" if edits else "model")
-    return model, limits
+    return model, pipeline
 
 
 def blocking_denoiser(model: str, what: str, param: str) -> InvalidRequestError:
@@ -56,13 +57,13 @@ def blocking_denoiser(model: str, what: str, param: str) -> InvalidRequestError:
                                "choose a pipeline exported with `dgate export --denoiser async`", param)
 
 
-def check_streaming(model: str, limits: GenerationLimits, body: ImageGenerationRequest) -> None:
+def check_streaming(model: str, pipeline: ServedPipeline, body: ImageGenerationRequest) -> None:
     if body.partial_images and not body.stream:
         raise InvalidRequestError("partial_images applies to streamed requests: add stream=true", "partial_images")
     if body.stream and body.response_format == "url":
         raise InvalidRequestError("streamed images are b64_json: response_format 'url' cannot be streamed",
                                   "response_format")
-    if body.partial_images and not limits.streams:
+    if body.partial_images and not pipeline.streams:
         raise blocking_denoiser(model, "partial images", "partial_images")
 
 

@@ -12,7 +12,7 @@ Decisions a client can see:
 - `output_compression` (0..100, default 100) is the JPEG/WebP quality, 100 = least compression;
   with `png` it is a 400, as for OpenAI.
 - `stream` + `partial_images` (0..3): Server-Sent Events (see `frontend/streaming.py`); partial images
-  need a pipeline exported with the streaming denoiser (`streams` in its limits).
+  need a pipeline exported with the streaming denoiser (`streams` in its ensemble config).
 - Edits and variations are img2img (or inpainting with a mask) at `strength` (0, 1]: by default 0.8
   without a mask and 1.0 with one, diffusers' defaults. `input_fidelity` is accepted and ignored: the
   input image's influence is `strength`'s to set. A variation is an edit with a fixed prompt.
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import MAX_SEED, GenerationLimits, check_prompt
 from dgate.core.params import GenerationParams
+from dgate.core.served_pipeline import ServedPipeline
 
 OPENAI_MAX_IMAGES = 10
 SIZE_PATTERN = re.compile(r"^([1-9][0-9]{0,5})x([1-9][0-9]{0,5})$")
@@ -303,7 +304,8 @@ class ModelObject(BaseModel):
     edits: bool | None = Field(None, description="images: /v1/images/edits and /variations are served")
 
     @classmethod
-    def from_limits(cls, model_id: str, created: int, limits: GenerationLimits) -> ModelObject:
+    def from_pipeline(cls, model_id: str, created: int, pipeline: ServedPipeline) -> ModelObject:
+        limits, capabilities = pipeline.limits, pipeline.capabilities
         return cls(
             id=model_id, created=created, family=limits.family,
             default_size=f"{limits.default_width}x{limits.default_height}",
@@ -313,10 +315,11 @@ class ModelObject(BaseModel):
             max_guidance_scale=limits.max_guidance_scale,
             default_scheduler=limits.default_scheduler, schedulers=list(limits.schedulers),
             default_max_sequence_length=limits.default_max_sequence_length,
-            max_sequence_length=limits.max_sequence_length, true_cfg=limits.true_cfg, precision=limits.precision,
-            task=limits.task, **({"default_num_frames": limits.default_num_frames,
-                                  "max_num_frames": limits.max_num_frames, "default_fps": limits.default_fps}
-                                 if limits.is_video else {"streams": limits.streams, "edits": limits.edits}),
+            max_sequence_length=limits.max_sequence_length, true_cfg=limits.true_cfg,
+            precision=capabilities.precision, task=capabilities.task,
+            **({"default_num_frames": limits.default_num_frames, "max_num_frames": limits.max_num_frames,
+                "default_fps": limits.default_fps}
+               if capabilities.is_video else {"streams": pipeline.streams, "edits": capabilities.edits}),
         )
 
 

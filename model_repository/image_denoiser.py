@@ -65,10 +65,10 @@ class ImageDenoiser(DenoiserModel):
             # from steps * strength, and 5 * float32(0.6) = 3.0000001 would run one step more.
             value = np.format_float_positional(np.float32(strength.reshape(-1)[0]), unique=True)
             params = DenoiseParams(**(vars(params) | {"strength": float(value)}))
-        self.spec.limits.validate(**vars(params))
+        self.spec.limits.validate(**vars(params), video=self.spec.capabilities.is_video)
         edit = None
         if image is not None:
-            if not self.spec.limits.edits:
+            if not self.spec.capabilities.edits:
                 raise InvalidRequestError(f"{self.spec.name} ({self.spec.family}) cannot edit images", "image")
             edit = EditSource(image.reshape(image.shape[-3:]), None if mask is None else mask.reshape(mask.shape[-2:]))
         elif mask is not None:

@@ -40,11 +40,11 @@ class TritonPythonModel(DenoiserModel):
 
         try:
             params = denoise_params(request, video=True)
-            self.spec.limits.validate(**vars(params))
+            self.spec.limits.validate(**vars(params), video=self.spec.capabilities.is_video)
             if str(input_scalar(request, LORA_INPUT)):
                 raise InvalidRequestError(f"{self.spec.name} is served without LoRA support (video pipelines "
                                           "take no adapters yet)", "lora")
-            image = input_array(request, CONDITIONING_IMAGE.name) if self.spec.limits.takes_image else None
+            image = input_array(request, CONDITIONING_IMAGE.name) if self.spec.capabilities.takes_image else None
             frames = generate_video(self.spec, params, self.schedulers, self.encoded_prompt(request), image,
                                     self._call, is_cancelled=self.cancellation_check(request), on_step=progress)
             final = pb_utils.InferenceResponse(output_tensors=[

@@ -25,21 +25,21 @@ import pytest
 import uvicorn
 from openai import OpenAI
 
-from dgate.core.limits import GenerationLimits
+from dgate.core.served_pipeline import ServedPipeline
 from dgate.frontend.app import create_app
 from dgate.frontend.engine import Engine, ModelNotFound
 from dgate.frontend.settings import FrontendSettings
 
 
 class FakePipelines:
-    """The `PipelineCatalog` of a fake engine: `pipelines` maps each name to its limits."""
+    """The `PipelineCatalog` of a fake engine: `pipelines` maps each name to what it serves."""
 
-    pipelines: dict[str, GenerationLimits]
+    pipelines: dict[str, ServedPipeline]
 
     async def list_pipelines(self) -> list[str]:
         return sorted(self.pipelines)
 
-    async def pipeline_limits(self, name: str) -> GenerationLimits:
+    async def served_pipeline(self, name: str) -> ServedPipeline:
         if name not in self.pipelines:
             raise ModelNotFound(name)
         return self.pipelines[name]

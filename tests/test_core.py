@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 from diffusers import DiffusionPipeline
 
+from dgate.core.capabilities import Capabilities
 from dgate.core.denoise import DenoiseCancelled, denoise
 from dgate.core.errors import InvalidRequestError
 from dgate.core.families import FAMILIES, family_of, spec_from_pipeline
 from dgate.core.limits import GenerationLimits
 from dgate.core.params import DenoiseParams
-from dgate.core.pipeline_spec import FORMAT_VERSION, PipelineSpec
+from dgate.core.pipeline_spec import FORMAT_VERSION, PipelineSpec, TextEncoderSpec
 from dgate.core.schedulers import SchedulerFactory, build_scheduler, scheduler_names
+from dgate.core.served_pipeline import ServedPipeline
 from dgate.core.tokenization import PromptTokenizer, save_prompt_tokenizer
 from dgate.reference import diffusers_images, diffusers_video, torch_loop_images, torch_loop_video, torch_text_outputs
 
@@ -101,6 +103,21 @@ def test_version_1_pipeline_json_still_loads() -> None:
         PipelineSpec.from_json(json.dumps({"format_version": FORMAT_VERSION + 1}))
 
 
+def test_version_2_pipeline_json_still_loads() -> None:
+    """Version 2 kept the capabilities (and an always-false `streams`) among the limits."""
+    encoder = TextEncoderSpec(component="text_encoder", tokenizer="tokenizer", vocab_size=1000, max_length=77,
+                              variable_length=False, hidden_size=32, hidden_layer=-1, pooled_size=0,
+                              takes_attention_mask=False, pad_token_id=0)
+    spec = PipelineSpec(name="old", pipeline_class="StableDiffusionInpaintPipeline", family="sd-inpaint",
+                        denoiser_component="unet", latent_channels=4, denoiser_out_channels=4, vae_scale_factor=8,
+                        vae_scaling_factor=0.18215, vae_shift_factor=None, text_encoders=(encoder,), limits=LIMITS,
+                        capabilities=Capabilities(task="image", edits=True, inpaint_model=True, precision="fp16"))
+    v2 = json.loads(spec.to_json())
+    v2["limits"] |= v2.pop("capabilities") | {"streams": False}
+    v2["format_version"] = 2
+    assert PipelineSpec.from_json(json.dumps(v2)) == spec
+
+
 def test_unsupported_pipeline_is_refused() -> None:
     class NotAPipeline:
         pass
@@ -120,9 +137,10 @@ GOOD = {"num_images": 1, "num_inference_steps": 4, "guidance_scale": 7.5, "seed"
 
 
 def test_limits_round_trip_through_config_parameters() -> None:
-    parameters = LIMITS.to_parameters()
+    served = ServedPipeline(LIMITS, Capabilities(task="image", edits=True, precision="int8"), streams=True)
+    parameters = served.to_parameters()
     assert all(isinstance(value, str) for value in parameters.values())
-    assert GenerationLimits.from_parameters(parameters) == LIMITS
+    assert ServedPipeline.from_parameters(parameters) == served
     LIMITS.validate(**GOOD)
     assert LIMITS.sequence_length_for(0) == 256 and LIMITS.sequence_length_for(77) == 77
 
@@ -280,22 +298,25 @@ def test_video_path_with_torch_models_equals_diffusers(pipes: dict, specs: dict,
 
 def test_video_limits_come_from_the_pipelines(specs: dict) -> None:
     animatediff, svd = specs["tiny-animatediff"].limits, specs["tiny-svd"].limits
-    assert (animatediff.task, animatediff.default_num_frames, animatediff.max_num_frames) == ("text-to-video", 16, 32)
+    animatediff_task, svd_task = specs["tiny-animatediff"].capabilities.task, specs["tiny-svd"].capabilities.task
+    video = {"video": specs["tiny-svd"].capabilities.is_video}
+    assert (animatediff_task, animatediff.default_num_frames, animatediff.max_num_frames) == ("text-to-video", 16, 32)
     assert animatediff.default_fps == 8 and animatediff.default_scheduler == "ddim"
-    assert (svd.task, svd.default_num_frames, svd.default_fps) == ("image-to-video", 8, 7)  # unet num_frames, fps
+    assert (svd_task, svd.default_num_frames, svd.default_fps) == ("image-to-video", 8, 7)  # unet num_frames, fps
     assert svd.schedulers == ("default",) and svd.default_guidance_scale == 3.0  # max_guidance_scale
     assert specs["tiny-svd"].exported_components == ("image_encoder", "unet", "vae_decoder", "vae_encoder")
     good = {"num_images": 1, "num_inference_steps": 2, "guidance_scale": 3.0, "seed": 0, "width": 64, "height": 64,
             "scheduler": "default", "num_frames": 8, "fps": 7}
-    svd.validate(**good)
+    svd.validate(**good, **video)
     for bad, param in (({"num_frames": 1}, "num_frames"), ({"num_frames": 33}, "num_frames"), ({"fps": 0}, "fps"),
                        ({"num_images": 2}, "n"), ({"noise_aug_strength": 1.5}, "noise_aug_strength"),
                        ({"decode_chunk_size": 9}, "decode_chunk_size"), ({"motion_bucket_id": -1}, "motion_bucket_id")):
         with pytest.raises(InvalidRequestError) as error:
-            svd.validate(**(good | bad))
+            svd.validate(**(good | bad), **video)
         assert error.value.param == param
     with pytest.raises(InvalidRequestError, match="makes images, not videos"):
-        specs["tiny-sd"].limits.validate(**(good | {"scheduler": "euler"}))
+        specs["tiny-sd"].limits.validate(**(good | {"scheduler": "euler"}),
+                                         video=specs["tiny-sd"].capabilities.is_video)
 
 
 def test_cancellation_board_marks_clears_and_sweeps(tmp_path: Path) -> None:

@@ -109,11 +109,11 @@ def test_flow_dpm_edit_noises_with_add_noise(pipes: dict, specs: dict, monkeypat
 
 def test_only_families_with_diffusers_edit_pipelines_offer_edits(tiny_models: dict[str, Path], specs: dict) -> None:
     for name in EDIT_FAMILIES:
-        assert specs[name].limits.edits and family_of(specs[name]).supports_edits
-        assert not specs[name].limits.inpaint_model  # 4/16-channel denoisers: inpainting by latent blending
+        assert specs[name].capabilities.edits and family_of(specs[name]).supports_edits
+        assert not specs[name].capabilities.inpaint_model  # 4/16-channel denoisers: inpainting by latent blending
     for name in NO_EDIT_FAMILIES:
         spec = spec_from_pipeline(DiffusionPipeline.from_pretrained(str(tiny_models[name])), name)
-        assert not spec.limits.edits and not family_of(spec).supports_edits, name
+        assert not spec.capabilities.edits and not family_of(spec).supports_edits, name
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_inpainting_model_spec(inpaint_model: tuple) -> None:
     pipe, spec = inpaint_model
     assert pipe.unet.config.in_channels == 9 and spec.family == "sd-inpaint"
     assert (spec.latent_channels, spec.denoiser_out_channels) == (4, 4)
-    assert spec.limits.inpaint_model and spec.limits.edits
+    assert spec.capabilities.inpaint_model and spec.capabilities.edits
     sample = family_of(spec).denoiser_inputs(spec)[0]
     assert (sample.name, sample.dims[0]) == ("sample", 9)
     assert PipelineSpec.from_json(spec.to_json()) == spec

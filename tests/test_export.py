@@ -51,7 +51,7 @@ def test_repository_has_every_model_with_onnx_and_shims(model_repository: Path, 
         for encoder in spec.text_encoders:
             assert (model_repository / f"{pipeline}_tokenize" / "1" / encoder.tokenizer / "tokenizer.json").is_file()
         exported = PipelineSpec.load(model_repository / f"{pipeline}_denoiser" / "1" / "pipeline.json")
-        if not spec.limits.is_video:  # partial images: the latent -> RGB map fitted to the VAE at export
+        if not spec.capabilities.is_video:  # partial images: the latent -> RGB map fitted to the VAE at export
             assert len(exported.preview_rgb) == spec.latent_channels + 1
             assert all(len(row) == 3 for row in exported.preview_rgb)
         assert replace(exported, preview_rgb=()) == spec
@@ -78,7 +78,7 @@ def test_ensemble_wires_the_component_tensors(specs: dict[str, PipelineSpec], lo
         config = _parse(render(ensemble_config(spec, options)))
         steps = {step.model_name.removeprefix(f"{spec.name}_"): step for step in config.ensemble_scheduling.step}
         encoders = [e.component for e in spec.text_encoders]
-        video = spec.limits.is_video
+        video = spec.capabilities.is_video
         lora = lora and not video  # video pipelines take no adapters (yet)
         if video:  # the decoupled denoiser returns the frames (and progress before them)
             tokenize_step = ["tokenize"] if encoders else []

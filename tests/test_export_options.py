@@ -15,10 +15,12 @@ from diffusers import DiffusionPipeline
 
 import dgate.export.pipeline_export as pipeline_export
 from dgate.cli import main
+from dgate.core.capabilities import Capabilities
 from dgate.core.errors import ExportError
 from dgate.core.families import spec_from_pipeline
 from dgate.core.limits import GenerationLimits
 from dgate.core.pipeline_spec import PipelineSpec
+from dgate.core.served_pipeline import STREAMS_PARAMETER
 from dgate.core.tensors import PIPELINE_MARKER_PARAMETER
 from dgate.export.triton_config import (
     TORCH_QUANTIZED,
@@ -194,12 +196,12 @@ def test_every_written_parameter_is_read(specs: list[PipelineSpec], options: Ser
     for spec in specs:
         configs = [component_config(spec, component, options) for component in spec.exported_components]
         configs += [tokenize_config(spec, options), cancel_config(options), lora_config(options),
-                    (video_denoiser_config if spec.limits.is_video else denoiser_config)(spec, options)]
+                    (video_denoiser_config if spec.capabilities.is_video else denoiser_config)(spec, options)]
         for config in configs:
             assert set(config.parameters) <= read, config.name
-        # The ensemble's parameters are the frontend's: the pipeline marker and GenerationLimits' fields.
-        limits = {field.name for field in fields(GenerationLimits)}
-        assert set(ensemble_config(spec, options).parameters) <= {PIPELINE_MARKER_PARAMETER} | limits
+        # The ensemble's parameters are the frontend's: the pipeline marker and a ServedPipeline's.
+        served = {field.name for field in (*fields(GenerationLimits), *fields(Capabilities))} | {STREAMS_PARAMETER}
+        assert set(ensemble_config(spec, options).parameters) <= {PIPELINE_MARKER_PARAMETER} | served
     assert "denoiser_model" not in denoiser_config(specs[0], options).parameters
 
 

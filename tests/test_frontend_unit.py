@@ -24,6 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
+from dgate.core.served_pipeline import ServedPipeline
 from dgate.core.tensors import ENSEMBLE_INPUTS
 from dgate.frontend.assets import AssetStore
 from dgate.frontend.engine import (
@@ -118,7 +119,8 @@ class FakeEngine:
     """A catalog of three pipelines and plain generation; `up` and `failure` switch on the error paths."""
 
     def __init__(self) -> None:
-        self.pipelines = {"tiny-sd": SD_LIMITS, "tiny-pixart": PIXART_LIMITS, "tiny-flux": FLUX_LIMITS}
+        self.pipelines = {"tiny-sd": ServedPipeline(SD_LIMITS), "tiny-pixart": ServedPipeline(PIXART_LIMITS),
+                          "tiny-flux": ServedPipeline(FLUX_LIMITS)}
         self.calls: list[tuple[str, GenerationParams]] = []
         self.up = True
         self.failure: Exception | None = None
@@ -131,7 +133,7 @@ class FakeEngine:
         self._check_up()
         return sorted(self.pipelines)
 
-    async def pipeline_limits(self, name: str) -> GenerationLimits:
+    async def served_pipeline(self, name: str) -> ServedPipeline:
         self._check_up()
         if name not in self.pipelines:
             raise ModelNotFound(name)
@@ -880,7 +882,7 @@ def test_real_triton_engine_with_triton_down_answers_503() -> None:
 def test_triton_engine_reads_limits_from_config_parameters(limits: GenerationLimits) -> None:
     class StubClient:
         async def get_model_config(self, name: str, **_: Any) -> dict:
-            params = {"dgate_pipeline": "true", **limits.to_parameters()}
+            params = {"dgate_pipeline": "true", **ServedPipeline(limits).to_parameters()}
             if name == "text_encoder":
                 params = {}
             return {
@@ -901,9 +903,9 @@ def test_triton_engine_reads_limits_from_config_parameters(limits: GenerationLim
 
     async def scenario() -> None:
         assert await engine.list_pipelines() == ["tiny-sd"]
-        assert await engine.pipeline_limits("tiny-sd") == limits
+        assert await engine.served_pipeline("tiny-sd") == ServedPipeline(limits)
         with pytest.raises(ModelNotFound):
-            await engine.pipeline_limits("text_encoder")
+            await engine.served_pipeline("text_encoder")
 
     asyncio.run(scenario())
 
@@ -923,7 +925,8 @@ def test_triton_engine_sends_every_ensemble_input_with_its_dtype() -> None:
 
     class StubClient:
         async def get_model_config(self, name: str, **_: Any) -> dict:
-            params = {"dgate_pipeline": "true", **FLUX_LIMITS.to_parameters()}  # the blocking design: unary
+            # The blocking design (streams false): unary.
+            params = {"dgate_pipeline": "true", **ServedPipeline(FLUX_LIMITS).to_parameters()}
             return {"config": {"name": name, "parameters": {k: {"string_value": v} for k, v in params.items()}}}
 
         async def infer(self, name: str, inputs: list, **_: Any) -> Result:

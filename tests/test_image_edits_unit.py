@@ -8,6 +8,7 @@ import struct
 import urllib.error
 import urllib.request
 import zlib
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -255,7 +256,8 @@ def test_lora_lists_arrive_as_repeated_bracket_fields(served: tuple[str, Steppin
 
 def test_a_dedicated_inpainting_model_takes_masked_edits_only(client: OpenAI, engine: SteppingEngine) -> None:
     """A 9-channel inpainting UNet has no text-to-image or img2img: those are a 400 before any work."""
-    engine.pipelines["tiny-inpaint"] = GenerationLimits(**{**vars(engine.pipelines["tiny-sd"]), "inpaint_model": True})
+    sd = engine.pipelines["tiny-sd"]
+    engine.pipelines["tiny-inpaint"] = replace(sd, capabilities=replace(sd.capabilities, inpaint_model=True))
     try:
         with pytest.raises(openai.BadRequestError) as error:
             client.images.generate(model="tiny-inpaint", prompt="a fox", size="64x48")

@@ -12,7 +12,6 @@ import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,10 @@ from playground_driver import PlaygroundRun, chromium, see_playground
 from playwright.sync_api import Browser
 from test_frontend_unit import fake_images
 
+from dgate.core.capabilities import Capabilities
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
+from dgate.core.served_pipeline import ServedPipeline
 from dgate.frontend.engine import EditImages, PartialCallback, StepCallback
 from dgate.frontend.schemas import GenerationParams
 from dgate.frontend.settings import FrontendSettings
@@ -37,14 +38,13 @@ IMAGE_LIMITS = GenerationLimits(
     family="sd", default_width=64, default_height=48, min_size=32, max_width=256, max_height=256,
     size_multiple=16, default_steps=6, max_steps=50, max_images=4, default_guidance_scale=7.5,
     max_guidance_scale=20.0, default_scheduler="euler", schedulers=("euler", "ddim", "default"),
-    default_max_sequence_length=0, max_sequence_length=0, true_cfg=False, streams=True, edits=True,
+    default_max_sequence_length=0, max_sequence_length=0, true_cfg=False,
 )
-BLOCKING_LIMITS = replace(IMAGE_LIMITS, streams=False)  # the blocking denoiser: no partial images
 VIDEO_LIMITS = GenerationLimits(
     family="animatediff", default_width=64, default_height=64, min_size=32, max_width=128, max_height=128,
     size_multiple=8, default_steps=4, max_steps=25, max_images=1, default_guidance_scale=7.5,
     max_guidance_scale=20.0, default_scheduler="euler", schedulers=("euler", "default"),
-    default_max_sequence_length=0, max_sequence_length=0, true_cfg=False, task="text-to-video",
+    default_max_sequence_length=0, max_sequence_length=0, true_cfg=False,
     default_num_frames=8, max_num_frames=16, default_fps=8,
 )
 
@@ -54,8 +54,12 @@ class PlaygroundEngine(FakePipelines):
     page must not offer); it reports every step and the partial images asked for."""
 
     def __init__(self) -> None:
-        self.pipelines = {"tiny-sd": IMAGE_LIMITS, "tiny-sd-blocking": BLOCKING_LIMITS,
-                          "tiny-animatediff": VIDEO_LIMITS}
+        self.pipelines = {
+            "tiny-sd": ServedPipeline(IMAGE_LIMITS, Capabilities(edits=True), streams=True),
+            # The blocking denoiser: no partial images.
+            "tiny-sd-blocking": ServedPipeline(IMAGE_LIMITS, Capabilities(edits=True), streams=False),
+            "tiny-animatediff": ServedPipeline(VIDEO_LIMITS, Capabilities(task="text-to-video")),
+        }
         self.calls: list[dict[str, Any]] = []
 
     async def generate(self, name: str, params: GenerationParams, *, edit: EditImages | None = None,

@@ -22,15 +22,17 @@ from openai import OpenAI
 from PIL import Image
 from test_frontend_unit import SD_LIMITS, fake_images
 
-from dgate.core.limits import GenerationLimits
+from dgate.core.capabilities import Capabilities
 from dgate.core.params import GenerationParams
+from dgate.core.served_pipeline import ServedPipeline
 from dgate.frontend.engine import EditImages, EngineError, PartialCallback, StepCallback
 from dgate.frontend.errors import OpenAIError
 from dgate.frontend.streaming import KEEPALIVE, Done, event_stream, pump, sse_event
 
-STREAMING = replace(SD_LIMITS, streams=True, edits=True)
-BLOCKING = replace(SD_LIMITS, streams=False, edits=False)  # exported with the blocking denoiser, no edits
-VIDEO = replace(SD_LIMITS, task="text-to-video", default_num_frames=8, max_num_frames=16, default_fps=8)
+STREAMING = ServedPipeline(SD_LIMITS, Capabilities(edits=True), streams=True)
+BLOCKING = ServedPipeline(SD_LIMITS, Capabilities(edits=False), streams=False)  # the blocking denoiser, no edits
+VIDEO = ServedPipeline(replace(SD_LIMITS, default_num_frames=8, max_num_frames=16, default_fps=8),
+                       Capabilities(task="text-to-video"))
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class SteppingEngine(FakePipelines):
     cancelled; `cancelled` is set when a request saw CancelledError."""
 
     def __init__(self) -> None:
-        self.pipelines: dict[str, GenerationLimits] = {"tiny-sd": STREAMING, "tiny-blocking": BLOCKING,
+        self.pipelines: dict[str, ServedPipeline] = {"tiny-sd": STREAMING, "tiny-blocking": BLOCKING,
                                                        "tiny-video": VIDEO}
         self.calls: list[Call] = []
         self.failure: Exception | None = None
@@ -72,9 +74,9 @@ class SteppingEngine(FakePipelines):
     async def generate(self, name: str, params: GenerationParams, *, edit: EditImages | None = None,
                        partial_images: int = 0, on_step: StepCallback | None = None,
                        on_partial: PartialCallback | None = None) -> np.ndarray:
-        limits = self.pipelines[name]
-        assert not (partial_images or on_step) or limits.streams, "streaming asked of a blocking pipeline"
-        assert edit is None or limits.edits
+        pipeline = self.pipelines[name]
+        assert not (partial_images or on_step) or pipeline.streams, "streaming asked of a blocking pipeline"
+        assert edit is None or pipeline.capabilities.edits
         assert (on_partial is not None) == (partial_images > 0)
         self.calls.append(Call(name, params, edit, partial_images, on_step is not None, on_partial is not None))
         self.started.set()

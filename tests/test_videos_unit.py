@@ -25,8 +25,10 @@ from frontend_fixtures import ERROR_KEYS, FakePipelines, assert_error_body, fake
 from openai import OpenAI
 from PIL import Image
 
+from dgate.core.capabilities import Capabilities
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import GenerationLimits
+from dgate.core.served_pipeline import ServedPipeline
 from dgate.frontend.engine import EngineError, ProgressCallback
 from dgate.frontend.jobs import open_job_store
 from dgate.frontend.schemas import GenerationParams
@@ -37,12 +39,12 @@ T2V_LIMITS = GenerationLimits(
     family="animatediff", default_width=64, default_height=48, min_size=32, max_width=128, max_height=128,
     size_multiple=8, default_steps=4, max_steps=20, max_images=1, default_guidance_scale=7.5,
     max_guidance_scale=20.0, default_scheduler="default", schedulers=("euler", "default"),
-    default_max_sequence_length=0, max_sequence_length=0, true_cfg=False, task="text-to-video",
+    default_max_sequence_length=0, max_sequence_length=0, true_cfg=False,
     default_num_frames=8, max_num_frames=16, default_fps=8,
 )
 I2V_LIMITS = replace(T2V_LIMITS, family="svd", default_steps=3, default_guidance_scale=3.0, schedulers=("default",),
-                     task="image-to-video", default_num_frames=6, max_num_frames=14, default_fps=7)
-IMAGE_LIMITS = replace(T2V_LIMITS, family="sd", task="image", default_num_frames=0, max_num_frames=0, default_fps=0,
+                     default_num_frames=6, max_num_frames=14, default_fps=7)
+IMAGE_LIMITS = replace(T2V_LIMITS, family="sd", default_num_frames=0, max_num_frames=0, default_fps=0,
                        max_images=4)
 REFERENCE = (np.random.default_rng(3).random((40, 56, 3)) * 255).astype(np.uint8)
 
@@ -81,8 +83,10 @@ class FakeVideoEngine(FakePipelines):
     """A catalog of a text-to-video, an image-to-video and an image pipeline, and videos. `gate` (closed =
     clear) holds every run before its second step; `failure` is raised after the steps."""
 
-    pipelines: dict[str, GenerationLimits] = field(default_factory=lambda: {
-        "tiny-animatediff": T2V_LIMITS, "tiny-svd": I2V_LIMITS, "tiny-sd": IMAGE_LIMITS})
+    pipelines: dict[str, ServedPipeline] = field(default_factory=lambda: {
+        "tiny-animatediff": ServedPipeline(T2V_LIMITS, Capabilities(task="text-to-video")),
+        "tiny-svd": ServedPipeline(I2V_LIMITS, Capabilities(task="image-to-video")),
+        "tiny-sd": ServedPipeline(IMAGE_LIMITS, Capabilities(task="image"))})
     calls: list[tuple[str, GenerationParams, np.ndarray | None]] = field(default_factory=list)
     failure: Exception | None = None
     gate: threading.Event = field(default_factory=threading.Event)

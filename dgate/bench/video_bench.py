@@ -51,13 +51,14 @@ def _image(size: int) -> np.ndarray:
     return (np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8)
 
 
-def _diffusers(model_dir: Path, args: argparse.Namespace, limits: Any) -> tuple[VideoLevel, np.ndarray]:
+def _diffusers(model_dir: Path, args: argparse.Namespace, limits: Any, takes_image: bool
+               ) -> tuple[VideoLevel, np.ndarray]:
     from diffusers import DiffusionPipeline
 
     from dgate.reference import diffusers_video
 
     pipe = DiffusionPipeline.from_pretrained(str(model_dir))
-    image = _image(args.size) if limits.takes_image else None
+    image = _image(args.size) if takes_image else None
     diffusers_video(pipe, _values(args, limits, 0), image)  # warm-up
     latencies, first = [], None
     start = time.perf_counter()
@@ -76,8 +77,9 @@ async def _served(grpc_url: str, name: str, args: argparse.Namespace, concurrenc
     from dgate.frontend.engine import TritonEngine
 
     engine = TritonEngine(grpc_url, request_timeout_s=3600)
-    limits = await engine.pipeline_limits(name)
-    image = _image(args.size) if limits.takes_image else None
+    pipeline = await engine.served_pipeline(name)
+    limits = pipeline.limits
+    image = _image(args.size) if pipeline.capabilities.takes_image else None
     semaphore = asyncio.Semaphore(concurrency)
     first: dict[int, np.ndarray] = {}
 
@@ -115,8 +117,8 @@ def run_video_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="dgate-bench-video-") as workdir, \
             TritonServer(args.model_repository, free_ports(), log_path=Path(workdir) / "tritonserver.log") as triton:
         for model_dir, name in zip(args.model, names, strict=True):
-            limits = asyncio.run(_limits(TritonEngine(triton.ports.grpc_url, request_timeout_s=60), name))
-            baseline, expected = _diffusers(Path(model_dir), args, limits)
+            pipeline = asyncio.run(_pipeline(TritonEngine(triton.ports.grpc_url, request_timeout_s=60), name))
+            baseline, expected = _diffusers(Path(model_dir), args, pipeline.limits, pipeline.capabilities.takes_image)
             levels, max_diff = [baseline], 0
             for concurrency in args.concurrency:
                 level, served = asyncio.run(_served(triton.ports.grpc_url, name, args, concurrency))
@@ -128,8 +130,8 @@ def run_video_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _limits(engine: Any, name: str) -> Any:
+async def _pipeline(engine: Any, name: str) -> Any:
     try:
-        return await engine.pipeline_limits(name)
+        return await engine.served_pipeline(name)
     finally:
         await engine.close()

@@ -1,13 +1,14 @@
 """What a served pipeline accepts: defaults and limits, written once.
 
-Export stores these as string parameters of the pipeline's ensemble `config.pbtxt`; the denoiser
+Export stores these as string parameters of the pipeline's ensemble `config.pbtxt`
+(`dgate.core.served_pipeline`); the denoiser
 validates against them inside Triton and the frontend reads them from Triton's model config (and
 reports them on `/v1/models`), so the two can never disagree.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from dgate.core.errors import InvalidRequestError
@@ -50,50 +51,9 @@ class GenerationLimits:
     default_max_sequence_length: int  # T5 prompt tokens when the request gives 0; 0 = no T5 encoder
     max_sequence_length: int
     true_cfg: bool  # Flux: `true_cfg_scale` > 1 with a negative prompt runs classifier-free guidance
-    precision: str = "fp32"  # the denoiser's: fp32 | fp16 | int8 | fp8 (reported; absent before quantization)
-    # What the pipeline makes: "image", "text-to-video" or "image-to-video" (absent before video).
-    task: str = "image"
     default_num_frames: int = 0
     max_num_frames: int = 0
     default_fps: int = 0
-    # The async (decoupled) denoiser: progress and partial images stream over Triton's gRPC stream.
-    streams: bool = False
-    # Image edits: img2img and inpainting from an uploaded image (families diffusers has them for).
-    edits: bool = False
-    inpaint_model: bool = False  # the denoiser is a dedicated inpainting model (9-channel UNet)
-
-    @property
-    def is_video(self) -> bool:
-        return self.task != "image"
-
-    @property
-    def takes_image(self) -> bool:
-        return self.task == "image-to-video"
-
-    def to_parameters(self) -> dict[str, str]:
-        return {key: ",".join(value) if isinstance(value, tuple) else str(value) for key, value in asdict(self).items()}
-
-    @classmethod
-    def from_parameters(cls, parameters: dict[str, str]) -> GenerationLimits:
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            if field.name not in parameters and field.default is not MISSING:
-                continue
-            if field.name not in parameters:
-                raise KeyError(f"pipeline parameter {field.name!r} is missing")
-            raw = parameters[field.name]
-            if field.type == "int":
-                values[field.name] = int(raw)
-            elif field.type == "float":
-                values[field.name] = float(raw)
-            elif field.type == "bool":
-                values[field.name] = raw == "True"
-            elif field.type.startswith("tuple"):
-                values[field.name] = tuple(name for name in raw.split(",") if name)
-            else:
-                values[field.name] = raw
-        return cls(**values)
-
     def scheduler_for(self, requested: str | None) -> str:
         """The request's scheduler, else the pipeline's default."""
         return requested or self.default_scheduler
@@ -130,12 +90,13 @@ class GenerationLimits:
         noise_aug_strength: float = DEFAULT_NOISE_AUG_STRENGTH,
         decode_chunk_size: int = 0,
         strength: float = 1.0,
+        video: bool = False,
         **_: Any,
     ) -> None:
         """Raise InvalidRequestError naming the first field that is out of bounds.
 
         Takes the fields of `DenoiseParams` (`validate(**vars(params))`); the prompt text is checked
-        by `check_prompt` where the text is.
+        by `check_prompt` where the text is. `video`: the pipeline's `Capabilities.is_video`.
         """
         _check_range("n", num_images, 1, self.max_images)
         _check_range("num_inference_steps", num_inference_steps, 1, self.max_steps)
@@ -161,7 +122,7 @@ class GenerationLimits:
                 f"{self.family} pipeline uses guidance_scale", "true_cfg_scale",
             )
         _check_range("true_cfg_scale", true_cfg_scale, 0, self.max_guidance_scale)
-        if self.is_video:
+        if video:
             _check_range("n", num_images, 1, 1)  # one video per request
             _check_range("num_frames", num_frames, MIN_FRAMES, self.max_num_frames)
             _check_range("fps", fps, 1, MAX_FPS)

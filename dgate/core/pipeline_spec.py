@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dgate.core.capabilities import Capabilities
 from dgate.core.limits import DEFAULT_SCHEDULER, GenerationLimits
 from dgate.core.quantization import Quantization
 from dgate.core.tensors import TEXT_LENGTH, TensorSpec
@@ -21,8 +22,9 @@ from dgate.core.tensors import TEXT_LENGTH, TensorSpec
 logger = logging.getLogger(__name__)
 
 # Version 1: the spine's single-text-encoder layout (family "unet"/"dit"). Version 2: text encoders
-# as a list, per-component precisions, family facts. A reader loads every version up to its own.
-FORMAT_VERSION = 2
+# as a list, per-component precisions, family facts. Version 3: capabilities apart from limits (and no
+# `streams`: a serving choice, in the ensemble's config). A reader loads every version up to its own.
+FORMAT_VERSION = 3
 
 # The spec's file name beside the Triton models that read it.
 PIPELINE_FILE = "pipeline.json"
@@ -74,6 +76,7 @@ class PipelineSpec:
     vae_shift_factor: float | None
     text_encoders: tuple[TextEncoderSpec, ...]
     limits: GenerationLimits
+    capabilities: Capabilities = Capabilities()
     precisions: dict[str, str] = field(default_factory=dict)  # component -> "fp32" | "fp16" | "int8" | "fp8"
     force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is zero embeddings
     guidance_embeds: bool = False  # Flux "dev": guidance_scale is a model input, not CFG
@@ -118,6 +121,8 @@ class PipelineSpec:
                              f"{FORMAT_VERSION}: upgrade dgate or re-export the pipeline")
         if version == 1:
             data = _migrate_v1(data)
+        if version <= 2:
+            data = _migrate_v2(data)
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:  # added by a later minor change of the same version: safe to ignore
@@ -125,6 +130,7 @@ class PipelineSpec:
         data = {key: value for key, value in data.items() if key in known}
         limits: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data["limits"].items()}
         data["limits"] = GenerationLimits(**limits)
+        data["capabilities"] = Capabilities(**data.get("capabilities", {}))
         data["text_encoders"] = tuple(TextEncoderSpec(**encoder) for encoder in data["text_encoders"])
         if data.get("quantization"):
             data["quantization"] = Quantization.from_dict(data["quantization"])
@@ -156,5 +162,20 @@ def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
         "family": family, "schedulers": _V1_SCHEDULERS, "default_max_sequence_length": 0,
         "max_sequence_length": 0, "true_cfg": False,
     }
+    data["format_version"] = 2
+    return data
+
+
+# Version 2's limits held these; `streams` (always false there) is the ensemble's, not the pipeline's.
+_V2_CAPABILITIES = ("task", "edits", "inpaint_model", "precision")
+
+
+def _migrate_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2's pipeline.json in version 3's terms: capabilities out of the limits."""
+    data = dict(data)
+    limits = dict(data["limits"])
+    limits.pop("streams", None)
+    data["capabilities"] = {key: limits.pop(key) for key in _V2_CAPABILITIES if key in limits}
+    data["limits"] = limits
     data["format_version"] = FORMAT_VERSION
     return data

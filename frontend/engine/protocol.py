@@ -12,8 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
-from dgate.core.limits import GenerationLimits
 from dgate.core.params import GenerationParams
+from dgate.core.served_pipeline import ServedPipeline
 from dgate.frontend.engine.errors import ServiceUnavailable
 
 ProgressCallback = Callable[[float], Awaitable[None]]
@@ -35,8 +35,8 @@ class PipelineCatalog(Protocol):
     async def list_pipelines(self) -> list[str]:
         """Names of the loaded, ready pipelines, sorted."""
 
-    async def pipeline_limits(self, name: str) -> GenerationLimits:
-        """The pipeline's limits; ModelNotFound if `name` is not a loaded pipeline."""
+    async def served_pipeline(self, name: str) -> ServedPipeline:
+        """The pipeline's limits, capabilities and streaming; ModelNotFound if `name` is not a loaded pipeline."""
 
     async def ready(self) -> bool:
         """True when the backend is ready and at least one pipeline is loaded."""
@@ -76,9 +76,9 @@ async def resolve_model(catalog: PipelineCatalog, requested: str | None, default
     (images or videos), else the first such pipeline loaded."""
     if requested:
         return requested
-    if default and (await catalog.pipeline_limits(default)).is_video == video:
+    if default and (await catalog.served_pipeline(default)).capabilities.is_video == video:
         return default
     for name in await catalog.list_pipelines():
-        if (await catalog.pipeline_limits(name)).is_video == video:  # cached by the engine
+        if (await catalog.served_pipeline(name)).capabilities.is_video == video:  # cached by the engine
             return name
     raise ServiceUnavailable(f"no {'video' if video else 'image'} pipeline is loaded in Triton yet")

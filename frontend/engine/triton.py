@@ -19,8 +19,8 @@ from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException
 
 from dgate.core.errors import InvalidRequestError
-from dgate.core.limits import GenerationLimits
 from dgate.core.params import GenerationParams
+from dgate.core.served_pipeline import ServedPipeline
 from dgate.core.tensors import (
     CANCEL_MODEL,
     CANCEL_REQUEST_ID,
@@ -70,14 +70,14 @@ CHANNEL_ARGS = [
 
 
 class TritonEngine:
-    """`Engine` over Triton's gRPC asyncio client; limits are cached per model."""
+    """`Engine` over Triton's gRPC asyncio client; served pipelines are cached per model."""
 
     def __init__(self, url: str, *, request_timeout_s: float, metadata_timeout_s: float = 5.0) -> None:
         self._url = url
         self._request_timeout_s = request_timeout_s
         self._metadata_timeout_s = metadata_timeout_s
         self._client: grpcclient.InferenceServerClient | None = None
-        self._limits: dict[str, GenerationLimits] = {}
+        self._pipelines: dict[str, ServedPipeline] = {}
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
@@ -101,18 +101,18 @@ class TritonEngine:
         parameters = config.get("config", {}).get("parameters", {})
         return {key: value.get("string_value", "") for key, value in parameters.items()}
 
-    async def pipeline_limits(self, name: str) -> GenerationLimits:
-        if name in self._limits:
-            return self._limits[name]
+    async def served_pipeline(self, name: str) -> ServedPipeline:
+        if name in self._pipelines:
+            return self._pipelines[name]
         parameters = await self._config_parameters(name)
         if parameters.get(PIPELINE_MARKER_PARAMETER) != "true":
             raise ModelNotFound(name)  # a component model (text encoder, unet...) is not servable alone
         try:
-            limits = GenerationLimits.from_parameters(parameters)
+            pipeline = ServedPipeline.from_parameters(parameters)
         except (KeyError, ValueError) as exc:
             raise EngineError(f"pipeline '{name}' has an invalid config: {exc}") from exc
-        self._limits[name] = limits
-        return limits
+        self._pipelines[name] = pipeline
+        return pipeline
 
     async def list_pipelines(self) -> list[str]:
         try:
@@ -127,7 +127,7 @@ class TritonEngine:
 
     async def _is_pipeline(self, name: str) -> bool:
         try:
-            await self.pipeline_limits(name)
+            await self.served_pipeline(name)
         except ModelNotFound:
             return False
         except ServiceUnavailable:
@@ -142,12 +142,12 @@ class TritonEngine:
                        on_partial: PartialCallback | None = None) -> np.ndarray:
         """A streaming pipeline (the async denoiser) is asked over Triton's gRPC stream, where its
         progress and partial images arrive before the images; a blocking one by one infer call."""
-        limits = await self.pipeline_limits(name)
-        if (partial_images or on_step is not None) and not limits.streams:
+        pipeline = await self.served_pipeline(name)
+        if (partial_images or on_step is not None) and not pipeline.streams:
             raise InvalidRequestError(f"{name} was exported with the blocking denoiser (dgate export --denoiser "
                                       "blocking): it sends no progress or partial images", "stream")
-        if edit is not None and not limits.edits:
-            raise InvalidRequestError(f"{name} ({limits.family}) cannot edit images", "model")
+        if edit is not None and not pipeline.capabilities.edits:
+            raise InvalidRequestError(f"{name} ({pipeline.limits.family}) cannot edit images", "model")
         values: dict[str, object] = dict(vars(params))
         if edit is None:
             values.pop(STRENGTH.name)  # an edit's only
@@ -161,7 +161,7 @@ class TritonEngine:
             values[STREAM_PROGRESS.name] = True
         inputs = infer_inputs(grpcclient, values, tensors=request_tensors("image"))
         request_id = f"image-{secrets.token_hex(8)}"
-        if not limits.streams:
+        if not pipeline.streams:
             return check_images(await self._infer_images(name, inputs, request_id), params)
         outputs = [PROGRESS_OUTPUT, STEPS_OUTPUT, PARTIAL_OUTPUT, PARTIAL_INDEX_OUTPUT, ENSEMBLE_OUTPUT]
 
@@ -194,7 +194,7 @@ class TritonEngine:
             raise
         except InferenceServerException as exc:
             # The model may have been reloaded with other limits (or removed): re-read them next time.
-            self._limits.pop(name, None)
+            self._pipelines.pop(name, None)
             raise map_triton_error(exc, name) from exc
         images = result.as_numpy(ENSEMBLE_OUTPUT.name)
         if images is None:
@@ -220,7 +220,7 @@ class TritonEngine:
                     if await on_response(result):
                         return result
         except InferenceServerException as exc:
-            self._limits.pop(name, None)
+            self._pipelines.pop(name, None)
             raise map_triton_error(exc, name) from exc
         except TimeoutError as exc:
             await self._cancel(request_id)
@@ -236,14 +236,14 @@ class TritonEngine:
                              on_progress: ProgressCallback | None = None) -> np.ndarray:
         """Over Triton's gRPC stream: the video denoiser is decoupled and answers each step with
         `progress`, then with `video`."""
-        limits = await self.pipeline_limits(name)
+        capabilities = (await self.served_pipeline(name)).capabilities
         values: dict[str, object] = dict(vars(params))
-        if limits.takes_image:
+        if capabilities.takes_image:
             if image is None:
                 raise InvalidRequestError(f"{name} makes a video from an image: send input_reference",
                                           "input_reference")
             values[CONDITIONING_IMAGE.name] = np.ascontiguousarray(image, dtype=np.uint8)
-        inputs = infer_inputs(grpcclient, values, tensors=request_tensors(limits.task, limits.takes_image))
+        inputs = infer_inputs(grpcclient, values, tensors=request_tensors(capabilities.task, capabilities.takes_image))
 
         async def on_response(result: Any) -> bool:
             if result.as_numpy(VIDEO_OUTPUT.name) is not None:
@@ -272,7 +272,7 @@ class TritonEngine:
             logger.warning("could not cancel %s in Triton: %s", request_id, exc.message())
 
     async def check_adapters(self, name: str, lora: str) -> dict:
-        await self.pipeline_limits(name)  # ModelNotFound for a name that is not a pipeline
+        await self.served_pipeline(name)  # ModelNotFound for a name that is not a pipeline
         inputs = []
         for input_name, value in (("pipeline", name), (LORA_INPUT, lora)):
             tensor = grpcclient.InferInput(input_name, [1], "BYTES")

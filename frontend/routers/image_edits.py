@@ -66,12 +66,12 @@ async def _edit(state: AppState, request: Request, body: ImageEditRequest, image
     if not images:
         raise OpenAIError(400, "Missing required parameter: 'image' (upload the image to edit as a file)",
                           param="image", code="missing_required_parameter")
-    model, limits = await image_pipeline(state, body.model, edits=True, masked=mask is not None)
-    check_streaming(model, limits, body)
+    model, pipeline = await image_pipeline(state, body.model, edits=True, masked=mask is not None)
+    check_streaming(model, pipeline, body)
     max_pixels = state.settings.max_input_pixels
     first = await asyncio.to_thread(image_size, images[0], max_pixels=max_pixels)
-    params = body.to_edit_params(limits, max_prompt_chars=state.settings.max_prompt_chars,
-                                 default_size=fit_size(first, limits), masked=mask is not None)
+    params = body.to_edit_params(pipeline.limits, max_prompt_chars=state.settings.max_prompt_chars,
+                                 default_size=fit_size(first, pipeline.limits), masked=mask is not None)
     params = replace(params, lora=state.loras.request_lora(model, body.lora, body.lora_scale))
     edits = await asyncio.to_thread(edit_inputs, images, mask, (params.width, params.height), max_pixels=max_pixels)
     return await answer(state, request, body, ImageJob(model, params, edits, body.partial_images or 0),

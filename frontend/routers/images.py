@@ -16,9 +16,9 @@ router = APIRouter(tags=["images"])
 
 @router.post("/v1/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
 async def create_image(body: ImageGenerationRequest, request: Request, state: State) -> ImagesResponse | Response:
-    model, limits = await image_pipeline(state, body.model)
-    check_streaming(model, limits, body)
-    params = body.to_params(limits, max_prompt_chars=state.settings.max_prompt_chars)
+    model, pipeline = await image_pipeline(state, body.model)
+    check_streaming(model, pipeline, body)
+    params = body.to_params(pipeline.limits, max_prompt_chars=state.settings.max_prompt_chars)
     params = replace(params, lora=state.loras.request_lora(model, body.lora, body.lora_scale))
     return await answer(state, request, body, ImageJob(model, params, partial_images=body.partial_images or 0),
                         "image_generation")

@@ -80,13 +80,13 @@ async def _request(websocket: WebSocket) -> ImageGenerationRequest:
 
 async def _generate(websocket: WebSocket, state: AppState) -> None:
     body = await _request(websocket)
-    model, limits = await image_pipeline(state, body.model)
-    if not limits.streams:
+    model, pipeline = await image_pipeline(state, body.model)
+    if not pipeline.streams:
         raise blocking_denoiser(model, "progress", "model")
     if body.response_format == "url":
         raise InvalidRequestError("WebSocket results are b64_json: response_format 'url' is not available here",
                                   "response_format")
-    params = body.to_params(limits, max_prompt_chars=state.settings.max_prompt_chars)
+    params = body.to_params(pipeline.limits, max_prompt_chars=state.settings.max_prompt_chars)
     params = replace(params, lora=state.loras.request_lora(model, body.lora, body.lora_scale))
     output_format, compression = body.output_format or "png", body.output_compression
 

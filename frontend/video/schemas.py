@@ -22,9 +22,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dgate.core.capabilities import Capabilities
 from dgate.core.errors import InvalidRequestError
-from dgate.core.limits import MAX_SEED, MIN_FRAMES, GenerationLimits, check_prompt
+from dgate.core.limits import MAX_SEED, MIN_FRAMES, check_prompt
 from dgate.core.params import DEFAULT_MOTION_BUCKET_ID, DEFAULT_NOISE_AUG_STRENGTH, GenerationParams
+from dgate.core.served_pipeline import ServedPipeline
 from dgate.frontend.jobs import JobStatus, VideoJob
 from dgate.frontend.schemas import SIZE_PATTERN
 from dgate.frontend.video.interpolation import FACTORS
@@ -102,14 +104,15 @@ class VideoCreateRequest(BaseModel):
             raise ValueError(f"interpolate must be one of {', '.join(map(str, FACTORS))}, got {value}")
         return value
 
-    def to_params(self, limits: GenerationLimits, *, model: str, has_reference: bool,
+    def to_params(self, pipeline: ServedPipeline, *, model: str, has_reference: bool,
                   max_prompt_chars: int) -> tuple[GenerationParams, int]:
         """(the ensemble inputs, the interpolation factor); InvalidRequestError naming the first bad field."""
-        if not limits.is_video:
+        limits, capabilities = pipeline.limits, pipeline.capabilities
+        if not capabilities.is_video:
             raise InvalidRequestError(f"'{model}' makes images, not videos: use POST /v1/images/generations "
                                       "or a video model from /v1/models", "model")
-        check_reference(limits, model=model, has_reference=has_reference)
-        if not limits.takes_image:
+        check_reference(capabilities, model=model, has_reference=has_reference)
+        if not capabilities.takes_image:
             check_prompt(self.prompt)
         check_prompt_length(self.prompt, max_prompt_chars)
         size_width, size_height = (limits.default_width, limits.default_height) if self.size is None else (
@@ -141,16 +144,16 @@ class VideoCreateRequest(BaseModel):
             # The conditioning knobs keep the core's defaults (GenerationParams') unless given.
             **{name: getattr(self, name) for name in _CONDITIONING_FIELDS if getattr(self, name) is not None},
         )
-        limits.validate(**vars(params))
+        limits.validate(**vars(params), video=capabilities.is_video)
         return params, self.interpolate or 1
 
 
-def check_reference(limits: GenerationLimits, *, model: str, has_reference: bool) -> None:
+def check_reference(capabilities: Capabilities, *, model: str, has_reference: bool) -> None:
     """Image-to-video needs `input_reference`; text-to-video refuses one rather than ignore it."""
-    if limits.takes_image and not has_reference:
+    if capabilities.takes_image and not has_reference:
         raise InvalidRequestError(f"'{model}' makes a video from an image: send input_reference (an image "
                                   "file, multipart)", "input_reference")
-    if not limits.takes_image and has_reference:
+    if not capabilities.takes_image and has_reference:
         raise InvalidRequestError(f"'{model}' is a text-to-video pipeline and takes no input_reference",
                                   "input_reference")
 

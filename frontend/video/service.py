@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from dgate.core.limits import GenerationLimits, check_prompt
+from dgate.core.limits import check_prompt
 from dgate.core.params import GenerationParams
+from dgate.core.served_pipeline import ServedPipeline
 from dgate.frontend.assets import AssetStore
 from dgate.frontend.engine import Engine, ModelNotFound, PipelineCatalog, ServiceUnavailable, resolve_model
 from dgate.frontend.errors import OpenAIError
@@ -44,12 +45,12 @@ def not_found(video_id: str) -> OpenAIError:
 
 
 async def resolve_video_model(engine: PipelineCatalog, requested: str | None,
-                              default: str | None) -> tuple[str, GenerationLimits]:
-    """`resolve_model`'s choice for videos, with its limits. A requested model that does not exist is a
+                              default: str | None) -> tuple[str, ServedPipeline]:
+    """`resolve_model`'s choice for videos, as served. A requested model that does not exist is a
     400 here (the request's field is wrong), not the 404 of a missing resource."""
     try:
         name = await resolve_model(engine, requested, default, video=True)
-        return name, await engine.pipeline_limits(name)
+        return name, await engine.served_pipeline(name)
     except ModelNotFound as exc:
         if requested:
             raise OpenAIError(400, exc.message, param="model", code="model_not_found") from exc
@@ -94,8 +95,8 @@ class VideoService:
     # -- creating jobs ------------------------------------------------------------------------------
 
     async def create(self, body: VideoCreateRequest, reference: bytes | None) -> VideoJob:
-        model, limits = await resolve_video_model(self._engine, body.model, self._settings.default_model)
-        params, interpolate = body.to_params(limits, model=model, has_reference=reference is not None,
+        model, pipeline = await resolve_video_model(self._engine, body.model, self._settings.default_model)
+        params, interpolate = body.to_params(pipeline, model=model, has_reference=reference is not None,
                                              max_prompt_chars=self._settings.max_prompt_chars)
         input_png = None
         if reference is not None:

@@ -45,7 +45,7 @@ class AnimateDiff(StableDiffusion):
     def video_limits(self, pipe: Any, defaults: dict[str, Any]) -> dict[str, Any]:
         # The motion modules' positional table bounds the frames one window can take.
         max_frames = int(pipe.unet.config.motion_max_seq_length or 32)
-        return {"task": self.task, "default_num_frames": min(int(defaults["num_frames"] or 16), max_frames),
+        return {"default_num_frames": min(int(defaults["num_frames"] or 16), max_frames),
                 "max_num_frames": max_frames, "default_fps": DEFAULT_FPS}
 
     def _frames(self, name: str, channels: int) -> TensorSpec:

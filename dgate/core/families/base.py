@@ -19,6 +19,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from dgate.core.capabilities import Capabilities
 from dgate.core.edit import EditLatents, EncodedEdit
 from dgate.core.images import to_uint8_images
 from dgate.core.limits import GenerationLimits
@@ -132,7 +133,7 @@ class Family:
         return float(defaults["guidance_scale"])
 
     def video_limits(self, pipe: Any, defaults: dict[str, Any]) -> dict[str, Any]:
-        """task, default/max frames and fps of a video family ({} for images)."""
+        """Default/max frames and fps of a video family ({} for images)."""
         return {}
 
     def component_precision(self, pipe: Any, component: str, requested: str) -> str:
@@ -179,8 +180,6 @@ class Family:
             # Longer than the default is allowed (SD3: 256 by default), up to what the pipelines accept.
             max_sequence_length=max(t5_length, MAX_T5_TOKENS) if t5_length else 0,
             true_cfg=self.true_cfg,
-            edits=self.supports_edits,
-            precision=self.component_precision(pipe, self.denoiser_component, precision),
         )
         limits |= self.video_limits(pipe, defaults)
         spec = PipelineSpec(
@@ -195,6 +194,8 @@ class Family:
             vae_shift_factor=None if getattr(vae, "shift_factor", None) is None else float(vae.shift_factor),
             text_encoders=encoders,
             limits=GenerationLimits(**limits),
+            capabilities=Capabilities(task=self.task, edits=self.supports_edits,
+                                      precision=self.component_precision(pipe, self.denoiser_component, precision)),
             **self.spec_facts(pipe),
         )
         return replace(spec, precisions={c: self.component_precision(pipe, c, precision)

@@ -4,7 +4,7 @@ StableDiffusionInpaintPipeline with such a UNet feeds it, every step, the (scale
 at latent size and the masked image's latents, concatenated along the channels, and does not blend
 the kept area back as it does for a 4-channel UNet. The latents stay the VAE's 4 channels
 (`spec.latent_channels`); only the denoiser's `sample` input is wider. These models make nothing
-without a mask (no text to image, no img2img), so `limits.inpaint_model` says so.
+without a mask (no text to image, no img2img), so `capabilities.inpaint_model` says so.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class StableDiffusionInpaint(StableDiffusion):
                 f"{inpaint_channels(latent)} (latents, mask, masked image); a {latent}-channel UNet is a text-to-image "
                 "one: export it as a StableDiffusionPipeline (it inpaints too)")
         spec = super().derive_spec(pipe, name, **options)
-        return replace(spec, limits=replace(spec.limits, inpaint_model=True))
+        return replace(spec, capabilities=replace(spec.capabilities, inpaint_model=True))
 
     def sample_tensor(self, spec: PipelineSpec) -> TensorSpec:
         return TensorSpec("sample", "TYPE_FP32", (inpaint_channels(spec.latent_channels), -1, -1),

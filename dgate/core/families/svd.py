@@ -103,7 +103,7 @@ class StableVideoDiffusion(Family):
 
     def video_limits(self, pipe: Any, defaults: dict[str, Any]) -> dict[str, Any]:
         frames = int(pipe.unet.config.num_frames)
-        return {"task": self.task, "default_num_frames": frames, "max_num_frames": max(2 * frames, 32),
+        return {"default_num_frames": frames, "max_num_frames": max(2 * frames, 32),
                 "default_fps": int(defaults["fps"]), "schedulers": ("default",), "default_scheduler": "default"}
 
     def component_precision(self, pipe: Any, component: str, requested: str) -> str:
