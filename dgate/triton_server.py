@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dgate.core.lora.request import LORA_DIR_ENV, adapters_dir
+from dgate.core.lora.request import LORA_DIR_ENV, LORA_DIRS_ENV, adapters_dir, extra_adapter_roots
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class TritonBinary:
         # The adapters directory as the launcher sees it (a relative default must not depend on the
         # working directory of Triton's stub processes).
         env[LORA_DIR_ENV] = str(adapters_dir().resolve())
+        env[LORA_DIRS_ENV] = ":".join(str(root.resolve()) for root in extra_adapter_roots())
         if self.lib_dir is not None:
             paths = [str(self.lib_dir), env.get("LD_LIBRARY_PATH", "")]
             env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, paths))

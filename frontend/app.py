@@ -65,7 +65,7 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
         store=store,
         metrics=metrics,
         started=int(time.time()),
-        loras=LoraRegistry(Path(settings.lora_dir)),
+        loras=LoraRegistry.from_settings(settings),
         assets=assets,
         videos=video_service,
     )

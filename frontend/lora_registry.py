@@ -4,6 +4,10 @@ Adapters themselves live in Triton's component models (refit per request); what 
 is which adapters a request without its own `lora` field runs with (seed 004's `set_lora`), and
 the nickname -> file map. It is per frontend process: replicas behind a load balancer each keep
 their own (requests that name their adapters are the same on every replica).
+
+A request's adapters come as D-Gate's names (`lora` + `lora_scale`) or vLLM-Omni's objects
+(`{name, path, scale}`); paths, here and in `set_lora` (SGLang's absolute `lora_path` included),
+are checked against the adapter roots the Triton models check them against again.
 """
 
 from __future__ import annotations
@@ -11,17 +15,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.lora.request import (
     ALL_COMPONENTS,
     AdapterRef,
     LoraError,
+    adapter_path,
     adapter_path_for_name,
     encode_adapters,
-    relative_adapter_path,
+    parse_adapter_roots,
     resolve_adapter,
 )
+from dgate.frontend.settings import FrontendSettings
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,17 @@ class ActiveAdapter:
         return asdict(self)
 
 
+class AdapterObject(Protocol):
+    """vLLM-Omni's per-request adapter (`frontend.schemas.LoraObject`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def scale(self) -> float | None: ...
+
+
 def broadcast(name: str, values: object, length: int) -> list:
     """A scalar repeated `length` times, or a list of exactly `length` values (seed 004's rule)."""
     if not isinstance(values, list):
@@ -49,34 +67,50 @@ def broadcast(name: str, values: object, length: int) -> list:
 
 
 class LoraRegistry:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, extra_roots: Sequence[Path] = ()) -> None:
         self.directory = directory
-        self.loaded: dict[str, str] = {}  # nickname -> path relative to the adapters directory
+        self.extra_roots = tuple(extra_roots)  # absolute paths may also lie under these
+        self.loaded: dict[str, str] = {}  # nickname -> path (relative to the adapters directory, or absolute)
         self.active: dict[str, list[ActiveAdapter]] = {}  # pipeline -> its default adapters
+
+    @classmethod
+    def from_settings(cls, settings: FrontendSettings) -> LoraRegistry:
+        return cls(Path(settings.lora_dir), parse_adapter_roots(settings.lora_dirs or ""))
+
+    def checked_path(self, lora_path: str) -> str:
+        """`lora_path` normalised, if it names an adapter under the roots (LoraError otherwise)."""
+        path = adapter_path(lora_path)
+        resolve_adapter(self.directory, path, self.extra_roots)  # exists, under a root
+        return path
 
     def path_for(self, nickname: str, lora_path: str | None = None) -> str:
         """The adapter file for a nickname: the given path, a known nickname, or `<nickname>.safetensors`."""
         if not nickname:
             raise InvalidRequestError("lora_nickname must not be empty", "lora_nickname")
         if lora_path:
-            relative = relative_adapter_path(lora_path)
-            resolve_adapter(self.directory, relative)  # exists, inside the directory
-            return relative
+            return self.checked_path(lora_path)
         if nickname in self.loaded:
             return self.loaded[nickname]
-        return adapter_path_for_name(self.directory, nickname)
+        return adapter_path_for_name(self.directory, nickname, self.extra_roots)
 
-    def request_lora(self, model: str, names: str | list[str] | None, scales: float | list[float] | None) -> str:
-        """The `lora` input of one generation: its own adapters, else the pipeline's active set."""
+    def request_lora(self, model: str, names: str | AdapterObject | Sequence[str | AdapterObject] | None,
+                     scales: float | list[float] | None) -> str:
+        """The `lora` input of one generation: its own adapters, else the pipeline's active set.
+
+        An adapter is a name (D-Gate's) or a `{name, path, scale}` object (vLLM-Omni's): an object's
+        own `scale` wins over `lora_scale`'s value for it.
+        """
         if names is None:
             if scales is not None and not isinstance(scales, list):  # lora_scale alone rescales the active set
                 return encode_adapters(a.ref(scales) for a in self.active.get(model, []))
             return encode_adapters(a.ref() for a in self.active.get(model, []))
-        listed = names if isinstance(names, list) else [names]
+        listed = list(names) if isinstance(names, Sequence) and not isinstance(names, str) else [names]
         strengths = broadcast("lora_scale", 1.0 if scales is None else scales, len(listed))
         try:
-            refs = [AdapterRef(self.path_for(name), float(scale))
-                    for name, scale in zip(listed, strengths, strict=True)]
+            refs = [AdapterRef(self.path_for(entry), float(scale)) if isinstance(entry, str)
+                    else AdapterRef(self.checked_path(entry.path),
+                                    float(scale if entry.scale is None else entry.scale))
+                    for entry, scale in zip(listed, strengths, strict=True)]
         except LoraError as error:
             raise InvalidRequestError(error.message, "lora") from error
         return encode_adapters(refs)

@@ -20,11 +20,12 @@ Decisions a client can see:
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import MAX_SEED, GenerationLimits, check_prompt
@@ -50,6 +51,58 @@ def steps_for_quality(tier: QualityTier, limits: GenerationLimits) -> int:
     d, cap = limits.default_steps, limits.max_steps
     steps = {"low": (d + 1) // 2, "medium": d, "high": 2 * d, "xhigh": 3 * d, "max": cap}[tier]
     return max(1, min(cap, steps))
+
+
+class LoraObject(BaseModel):
+    """vLLM-Omni's per-request adapter, `{"name", "path", "scale"}` (its `lora_name`, `local_path`,
+    `lora_path`, `lora_scale` spellings too). `path` is relative to the adapters directory or absolute
+    under an adapter root (`DGATE_LORA_DIR`, `DGATE_LORA_DIRS`); `scale` defaults to `lora_scale`'s."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, validation_alias=AliasChoices("name", "lora_name", "adapter"))
+    path: str = Field(min_length=1, validation_alias=AliasChoices("path", "local_path", "lora_path",
+                                                                  "lora_local_path"))
+    scale: float | None = Field(None, validation_alias=AliasChoices("scale", "lora_scale"))
+
+
+LoraField = str | LoraObject | list[str | LoraObject] | None
+LORA_SHAPES = "an adapter name, a {name, path, scale} object or a list of them"
+
+
+def _lora_entry(value: Any, param: str) -> Any:
+    if isinstance(value, str) and value.lstrip().startswith("{"):  # an object sent as JSON text (a form field)
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise InvalidRequestError(f"{param}: not a valid JSON {{name, path, scale}} object ({error})",
+                                      param) from error
+    if isinstance(value, dict):
+        try:
+            return LoraObject.model_validate(value)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise InvalidRequestError(f"{param}.{field}: {first['msg']} (a lora object is {{name, path, scale}}: "
+                                      "`name` and `path` are required)", f"{param}.{field}") from error
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{param} must be {LORA_SHAPES}, got {type(value).__name__}", param)
+    return value
+
+
+def parse_lora(value: Any) -> Any:
+    """The `lora` field's shapes (D-Gate's names, vLLM-Omni's objects) -> names and LoraObjects;
+    a malformed object is a 400 naming its field (`lora.path`, `lora.1.name`)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.lstrip().startswith("["):  # a list sent as JSON text (a form field)
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise InvalidRequestError(f"lora: not a valid JSON list ({error})", "lora") from error
+    if isinstance(value, list):
+        return [_lora_entry(entry, f"lora.{index}") for index, entry in enumerate(value)]
+    return _lora_entry(value, "lora")
 
 
 class ImageGenerationRequest(BaseModel):
@@ -85,8 +138,9 @@ class ImageGenerationRequest(BaseModel):
                                             "encoder); default: the model's `default_max_sequence_length`")
     true_cfg_scale: float | None = Field(None, ge=0.0, description="Flux: classifier-free guidance scale, "
                                          "applied when > 1 and a negative_prompt is given")
-    lora: str | list[str] | None = Field(None, description="adapter name(s) from the adapters directory or "
-                                         "set with /v1/set_lora; default: the model's active adapters")
+    lora: LoraField = Field(None, description="adapter name(s) from the adapters directory or set with "
+                            "/v1/set_lora, or vLLM-Omni's {name, path, scale} object(s); default: the model's "
+                            "active adapters")
     lora_scale: float | list[float] | None = Field(None, description="strength of each adapter (one value "
                                                    "is used for all)")
 
@@ -95,6 +149,11 @@ class ImageGenerationRequest(BaseModel):
     def _prompt_not_blank(cls, value: str) -> str:
         check_prompt(value)  # the same rule as the tokenizer model's
         return value
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_shapes(cls, value: Any) -> Any:
+        return parse_lora(value)
 
     @field_validator("size")
     @classmethod
@@ -211,8 +270,13 @@ class ImageVariationRequest(BaseModel):
     guidance_scale: float | None = Field(None, ge=0.0)
     negative_prompt: str | None = None
     scheduler: str | None = None
-    lora: str | list[str] | None = None
+    lora: LoraField = None
     lora_scale: float | list[float] | None = None
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_shapes(cls, value: Any) -> Any:
+        return parse_lora(value)
 
 
 class ImageData(BaseModel):

@@ -38,6 +38,9 @@ class FrontendSettings(BaseSettings):
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 answers")
     log_level: str = Field("INFO", description="level of the JSON logs on stderr")
     lora_dir: str = Field("build/loras", description="the adapters directory (DGATE_LORA_DIR); Triton reads the same")
+    lora_dirs: str | None = Field(None, description="more adapter roots, `:`-separated like PATH (absolute "
+                                  "adapter paths may lie under them or the adapters directory); Triton reads the "
+                                  "same")
     # Videos API (durable jobs + a worker pool).
     jobs_db: str = Field("sqlite://build/jobs/jobs.db", description="job store URL: sqlite://relative/path.db, "
                          "sqlite:///absolute/path.db or postgresql://user@host:port/db (shared by replicas)")

@@ -1,4 +1,4 @@
-"""LoRA core pieces on their own: adapter reading against diffusers' fuse, refit, paths, cache."""
+"""LoRA core pieces on their own: adapter reading against diffusers' fuse, refit, paths, adapter roots, cache."""
 
 from __future__ import annotations
 
@@ -8,15 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from dgate.core.lora.adapter_file import read_adapter
+from dgate.core.lora.adapter_file import AdapterFile, read_adapter
 from dgate.core.lora.deltas import LRUCache
 from dgate.core.lora.refit import WeightRefitter
 from dgate.core.lora.request import (
+    LORA_DIR_ENV,
+    LORA_DIRS_ENV,
     AdapterRef,
     LoraError,
     adapter_path_for_name,
     decode_adapters,
     encode_adapters,
+    extra_adapter_roots,
+    parse_adapter_roots,
     resolve_adapter,
 )
 from dgate.tiny_lora import random_lora
@@ -84,6 +88,93 @@ def test_adapter_references_stay_inside_the_directory(tmp_path: Path) -> None:
             resolve_adapter(tmp_path, bad)
     with pytest.raises(LoraError, match="unknown adapter"):
         adapter_path_for_name(tmp_path, "nope")
+
+
+def test_adapter_roots_are_read_like_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_adapter_roots("/a::/b/c:") == (Path("/a"), Path("/b/c"))
+    assert parse_adapter_roots("") == ()
+    monkeypatch.delenv(LORA_DIRS_ENV, raising=False)
+    assert extra_adapter_roots() == ()
+    monkeypatch.setenv(LORA_DIRS_ENV, "/srv/loras:/mnt/team")
+    assert extra_adapter_roots() == (Path("/srv/loras"), Path("/mnt/team"))
+
+
+@pytest.fixture
+def roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path]:
+    """(the adapters directory, a DGATE_LORA_DIRS root, a directory outside both), set in the environment
+    as the Triton models read it."""
+    directory, shared, outside = tmp_path / "loras", tmp_path / "shared", tmp_path / "outside"
+    for folder in (directory, shared / "style", outside):
+        folder.mkdir(parents=True)
+    (directory / "fox.safetensors").write_bytes(b"fox")
+    (shared / "a.safetensors").write_bytes(b"a")
+    (shared / "style" / "pytorch_lora_weights.safetensors").write_bytes(b"style")
+    (outside / "secret.safetensors").write_bytes(b"secret")
+    monkeypatch.setenv(LORA_DIR_ENV, str(directory))
+    monkeypatch.setenv(LORA_DIRS_ENV, f"{tmp_path / 'nowhere'}:{shared}")
+    return directory, shared, outside
+
+
+def test_absolute_paths_resolve_under_the_roots_only(roots: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    directory, shared, outside = roots
+    assert resolve_adapter(directory, str(shared / "a.safetensors")) == shared / "a.safetensors"
+    assert resolve_adapter(directory, str(shared / "style")) == shared / "style"
+    assert resolve_adapter(directory, str(directory / "fox.safetensors")) == directory / "fox.safetensors"
+    assert resolve_adapter(directory, "fox.safetensors") == directory / "fox.safetensors"  # relative: unchanged
+    (tmp_path / "shared-link").symlink_to(shared)  # a symlinked name of a root is that root
+    assert resolve_adapter(directory, str(tmp_path / "shared-link" / "a.safetensors")) == shared / "a.safetensors"
+    (shared / "escape.safetensors").symlink_to(outside / "secret.safetensors")
+    (outside / "into.safetensors").symlink_to(shared / "a.safetensors")
+    for bad, message in [
+        (str(outside / "secret.safetensors"), "lies outside"),
+        ("/etc/passwd", "lies outside"),
+        (str(outside / "into.safetensors"), "lies outside"),  # a link outside the roots, into one
+        (str(shared / "escape.safetensors"), "leaves the adapter roots"),
+        (f"{shared}/../outside/secret.safetensors", "without '..'"),
+        (f"file://{shared}/a.safetensors", "not a URL"),
+        ("s3://bucket/a.safetensors", "not a URL"),
+        ("C:\\loras\\a.safetensors", "not a URL"),
+        (str(shared / "missing.safetensors"), "no adapter"),
+    ]:
+        with pytest.raises(LoraError, match=message) as error:
+            resolve_adapter(directory, bad)
+        assert error.value.param == "lora_path"
+    # Without DGATE_LORA_DIRS' root (explicit roots win over the environment), `shared` is outside.
+    with pytest.raises(LoraError, match="lies outside"):
+        resolve_adapter(directory, str(shared / "a.safetensors"), ())
+    with pytest.raises(LoraError, match="must be relative"):  # a name is never an absolute path
+        adapter_path_for_name(directory, str(shared / "a"))
+
+
+def test_an_absolute_path_round_trips_to_the_same_file(roots: tuple[Path, Path, Path]) -> None:
+    """What the frontend encodes is what the Triton models decode, and AdapterFile.find (their lookup,
+    the adapters directory and DGATE_LORA_DIRS from the environment) finds the same file."""
+    directory, shared, _ = roots
+    refs = (AdapterRef(str(shared / "a.safetensors"), 0.5), AdapterRef(str(shared / "style"), 1.0, "unet"),
+            AdapterRef("fox.safetensors", 0.8))
+    decoded = decode_adapters(encode_adapters(refs))
+    assert decoded == refs
+    assert [AdapterFile.find(directory, ref.path).path for ref in decoded] == [
+        shared / "a.safetensors", shared / "style", directory / "fox.safetensors"]
+    for text in (f'[{{"path": "{shared}/../outside/secret.safetensors"}}]', '[{"path": "https://x/a.safetensors"}]'):
+        with pytest.raises(LoraError):
+            decode_adapters(text)
+
+
+def test_an_adapter_under_another_root_reads_like_one_in_the_directory(tiny_sd: Path, roots: tuple[Path, Path, Path]
+                                                                      ) -> None:
+    directory, shared, _ = roots
+    file = random_lora(tiny_sd, shared / "team" / "b.safetensors", text_encoder=True)
+    (directory / "b.safetensors").write_bytes(file.read_bytes())
+    components = ("text_encoder", "unet")
+    by_path = read_adapter(AdapterFile.find(directory, str(file)).path, "StableDiffusionPipeline", components, "unet")
+    by_name = read_adapter(AdapterFile.find(directory, adapter_path_for_name(directory, "b")).path,
+                           "StableDiffusionPipeline", components, "unet")
+    assert by_path.keys() == by_name.keys() == set(components)
+    for component in components:
+        assert by_path[component].keys() == by_name[component].keys()
+        for name, layer in by_path[component].items():
+            assert np.array_equal(layer.delta(), by_name[component][name].delta())
 
 
 def test_lora_text_round_trips_and_drops_zero_scales() -> None:

@@ -1,5 +1,7 @@
 """The LoRA API: seed 004's `set_lora` / `merge_lora_weights` / `unmerge_lora_weights` /
-`list_loras`, seed 002's `/v1/loras/load|unload|list`, and `DELETE /v1/loras/{name}`.
+`list_loras`, seed 002's `/v1/loras/load|unload|list`, and `DELETE /v1/loras/{name}`. Paths
+(`lora_path`, `path`) are relative to the adapters directory or, as SGLang takes them, absolute
+under an adapter root (`DGATE_LORA_DIR`, `DGATE_LORA_DIRS`).
 
 Control path: every adapter is checked by the repository's `dgate_lora` Triton model (the same
 reading and layer matching the components use) before the registry changes, so a bad file is a
@@ -26,7 +28,8 @@ class SetLoraRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lora_nickname: str | list[str]
-    lora_path: str | list[str] | None = Field(None, description="relative to the adapters directory; "
+    lora_path: str | list[str] | None = Field(None, description="relative to the adapters directory, or "
+                                              "absolute under an adapter root (as SGLang takes it); "
                                               "default: <nickname>.safetensors or <nickname>/")
     target: str | list[str] = ALL_COMPONENTS
     strength: float | list[float] = 1.0
@@ -45,7 +48,8 @@ class LoadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    path: str | None = None
+    path: str | None = Field(None, description="relative to the adapters directory, or absolute under an "
+                             "adapter root; default: <name>.safetensors or <name>/")
     model: str | None = None
 
 

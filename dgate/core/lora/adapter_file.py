@@ -173,7 +173,8 @@ class AdapterFile:
     size: int
 
     @classmethod
-    def find(cls, directory: Path, relative: str) -> AdapterFile:
-        path = resolve_adapter(directory, relative)
-        stat = path.stat()
-        return cls(path, stat.st_mtime_ns, stat.st_size)
+    def find(cls, directory: Path, path: str) -> AdapterFile:
+        """`path` as a request names it: relative to `directory`, or absolute under an adapter root."""
+        found = resolve_adapter(directory, path)
+        stat = found.stat()
+        return cls(found, stat.st_mtime_ns, stat.st_size)
