@@ -70,6 +70,14 @@ def from_validation_error(exc: RequestValidationError) -> OpenAIError:
             f"The request body is not valid JSON: {first.get('ctx', {}).get('error', '')}",
             code="invalid_json",
         )
+    if kind == "model_attributes_type" and not loc and isinstance(first.get("input"), bytes):
+        # Raw bytes: a body not labelled (nor sniffed, see middleware.py) as JSON, e.g. a form on a JSON route.
+        return OpenAIError(
+            400,
+            "The request body is not JSON: this route reads a JSON object (application/json); forms are "
+            "read by /v1/images/edits, /v1/images/variations and /v1/videos",
+            code="invalid_json",
+        )
     if kind == "extra_forbidden":
         return OpenAIError(
             400, f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter"

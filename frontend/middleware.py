@@ -4,10 +4,12 @@ exceptions into an OpenAI 500."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 import uuid
+from collections import deque
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,14 +33,47 @@ def _request_id(scope: Scope) -> str:
 
 
 FORM_URLENCODED = b"application/x-www-form-urlencoded"
+# A urlencoded body is read this far to see whether it is JSON; past it, it is left a form.
+MAX_RELABELLED_BYTES = 4 << 20
 
 
-def _json_for_curl_forms(scope: Scope) -> None:
-    """`curl -d '{...}'` sends JSON labelled as a urlencoded form; D-Gate has no urlencoded endpoint,
-    so such a body is read as the JSON it is (a real form body then fails JSON parsing with a 400)."""
-    headers = scope.get("headers", [])
-    if any(k == b"content-type" and v.split(b";")[0].strip().lower() == FORM_URLENCODED for k, v in headers):
-        scope["headers"] = [(k, b"application/json" if k == b"content-type" else v) for k, v in headers]
+def _is_urlencoded(scope: Scope) -> bool:
+    return any(k == b"content-type" and v.split(b";")[0].strip().lower() == FORM_URLENCODED
+               for k, v in scope.get("headers", ()))
+
+
+def _is_json(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
+
+
+async def _json_for_curl_forms(scope: Scope, receive: Receive) -> Receive:
+    """`curl -d '{...}'` sends JSON labelled as a urlencoded form: such a body is relabelled JSON when it
+    parses as JSON, and only then; a real form (`requests.post(url, data={...})`) keeps its label, for the
+    routes that read forms. The body read to decide is handed on unchanged, then the rest of the stream."""
+    if not _is_urlencoded(scope):
+        return receive
+    messages: deque[Message] = deque()
+    size, complete = 0, False
+    while size <= MAX_RELABELLED_BYTES:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":  # the client went away
+            break
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            complete = True
+            break
+    if complete and _is_json(b"".join(message.get("body", b"") for message in messages)):
+        scope["headers"] = [(k, b"application/json" if k == b"content-type" else v) for k, v in scope["headers"]]
+
+    async def replay() -> Message:
+        return messages.popleft() if messages else await receive()
+
+    return replay
 
 
 class RequestMiddleware:
@@ -52,7 +87,6 @@ class RequestMiddleware:
             return
         request_id = _request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
-        _json_for_curl_forms(scope)
         status = 500
         started = False
 
@@ -67,6 +101,7 @@ class RequestMiddleware:
         self.metrics.in_flight.inc()
         start = time.perf_counter()
         try:
+            receive = await _json_for_curl_forms(scope, receive)
             await self.app(scope, receive, send_with_id)
         except Exception as exc:  # handlers cover every expected error; this is a bug or a crash
             if started:

@@ -7,7 +7,10 @@ Used by the Videos API (`input_reference`) and by image edits and variations (`i
   `DGATE_MAX_UPLOAD_MB` bounds a request's files together (plus 1 MB for its text fields).
 - Multipart as the official `openai` client writes it: a list is repeated `name[]` parts (`image[]`
   for several images, `lora[]` for several adapters), read here as one list under `name`; a plain
-  field given twice is a 400; an empty text field is an unset one (`curl -F seed=`), except `prompt`.
+  field given twice is a 400. A urlencoded form (`requests.post(url, data={...})`, vLLM-Omni's and
+  SGLang's users) is read by the same rules, without files, and so is a JSON object where the route
+  takes one. A text field is its text: an empty one is an empty value, not an unset one, so `seed=`
+  is a 400 naming `seed` (as the peers answer) rather than a random seed.
 - An image's pixel count is read from its header and checked before anything is decoded, so a
   decompression bomb (a small file claiming a huge image) is refused without allocating its pixels.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,10 +64,14 @@ async def _bounded(stream: AsyncIterator[bytes], limit: int, too_much: OpenAIErr
         yield chunk
 
 
+FORM_URLENCODED = "application/x-www-form-urlencoded"
+
+
 async def read_form(request: Request, *, max_upload_bytes: int, files: Mapping[str, int], param: str,
                     accept_json: bool = False) -> Form:
-    """A multipart body (or, with `accept_json`, a JSON object); OpenAIError (400) for anything else or too
-    much. `files`: the fields that take files and how many each (`param` is blamed for the size)."""
+    """A multipart or urlencoded form (or, with `accept_json`, a JSON object); OpenAIError (400) for anything
+    else or too much. `files`: the fields that take files and how many each (`param` is blamed for the size);
+    one of them given as text (a URL, a file id) is a 400 naming it."""
     too_much = too_large(param, max_upload_bytes)
     limit = max_upload_bytes + FIELDS_BYTES
     declared = request.headers.get("content-length", "")
@@ -76,9 +84,15 @@ async def read_form(request: Request, *, max_upload_bytes: int, files: Mapping[s
         if sum(len(data) for uploads in form.files.values() for data in uploads) > max_upload_bytes:
             raise too_much
         return form
+    if content_type == FORM_URLENCODED:
+        return Form(_read_urlencoded(b"".join([chunk async for chunk in stream]), files))
     if accept_json and content_type in ("application/json", ""):
-        return Form(_read_json(b"".join([chunk async for chunk in stream])))
-    wanted = "multipart/form-data or application/json" if accept_json else "multipart/form-data (the files)"
+        fields = _read_json(b"".join([chunk async for chunk in stream]))
+        for name in files:
+            if name in fields:
+                raise not_a_file(name)
+        return Form(fields)
+    wanted = "multipart/form-data, a urlencoded form" + (" or application/json" if accept_json else "")
     raise OpenAIError(400, f"send {wanted}, not {content_type!r}", code="unsupported_content_type")
 
 
@@ -90,6 +104,31 @@ def _read_json(body: bytes) -> dict[str, Any]:
     if not isinstance(fields, dict):
         raise OpenAIError(400, "The request body must be a JSON object", code="invalid_json")
     return fields
+
+
+def _read_urlencoded(body: bytes, files: Mapping[str, int]) -> dict[str, Any]:
+    try:
+        pairs = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True, errors="strict",
+                                       max_num_fields=MAX_FIELDS)
+    except ValueError as exc:  # not UTF-8, too many fields
+        raise OpenAIError(400, f"invalid urlencoded form body: {exc}", code="invalid_form") from exc
+    fields: dict[str, Any] = {}
+    for key, value in pairs:
+        _add_field(fields, key, value, files)
+    return fields
+
+
+def _add_field(fields: dict[str, Any], key: str, value: str, files: Mapping[str, int]) -> None:
+    """One text field of a form into `fields`: `name[]` appends to a list, a file field is refused."""
+    name = key.removesuffix("[]")
+    if key.split("[")[0] in files:
+        raise not_a_file(key.split("[")[0])
+    if name in fields and (name == key or not isinstance(fields[name], list)):
+        raise OpenAIError(400, f"'{name}' is given more than once", param=name, code="invalid_value")
+    if name == key:
+        fields[key] = value
+    else:
+        fields.setdefault(name, []).append(value)
 
 
 def not_a_file(name: str) -> OpenAIError:
@@ -123,15 +162,8 @@ async def _read_multipart(request: Request, stream: AsyncGenerator[bytes, None],
                     raise OpenAIError(400, f"'{name}' is given more than once" if files[name] == 1 else
                                       f"at most {files[name]} {name} files are accepted", param=name,
                                       code="invalid_value")
-            elif key.split("[")[0] in files:
-                raise not_a_file(key.split("[")[0])
-            elif name in fields and (name == key or not isinstance(fields[name], list)):
-                raise OpenAIError(400, f"'{name}' is given more than once", param=name, code="invalid_value")
-            elif value != "" or key == "prompt":
-                if name == key:
-                    fields[key] = value
-                else:
-                    fields.setdefault(name, []).append(value)
+            else:
+                _add_field(fields, key, value, files)
     finally:
         await form.close()
     return Form(fields, uploads)
@@ -169,7 +201,13 @@ def parse_fields(model: type[M], fields: dict[str, Any]) -> M:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
-        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from exc
+        raise RequestValidationError([{**error, "loc": ("body", *_field_loc(error["loc"], fields))}
+                                      for error in exc.errors()]) from exc
+
+
+def _field_loc(loc: tuple[int | str, ...], fields: dict[str, Any]) -> tuple[int | str, ...]:
+    # A text value has no parts: what follows its name is pydantic's union member (`lora_scale.float`).
+    return loc[:1] if loc and isinstance(fields.get(str(loc[0])), str) else loc
 
 
 def decode_rgb(data: bytes, *, max_pixels: int, param: str) -> np.ndarray:

@@ -1,6 +1,8 @@
 """`POST /v1/images/edits` and `POST /v1/images/variations`: multipart uploads -> img2img or inpainting
 -> the same answers as generations. Translating only: the upload rules live in `edit_uploads.py`.
 
+- The body is multipart (the files); a urlencoded form or a JSON object, which cannot carry a file, is
+  read too, so that what it lacks is named (`image`) rather than its content type refused.
 - Edits: one image (part `image`) or several (repeated `image[]` parts, at most 16), each edited on
   its own with the same mask and parameters (one engine call per image, run at once); `data` lists
   each image's `n` results in input order. `stream=true` answers with `image_edit.*` events.
@@ -28,7 +30,8 @@ router = APIRouter(tags=["images"])
 
 
 def _form_body(model: type[Any], files: dict[str, int]) -> dict[str, Any]:
-    """/docs: the body is read by hand (bounded), as multipart with these files beside the fields."""
+    """/docs: the body is read by hand (bounded), as multipart with these files beside the fields (a
+    urlencoded form or JSON carries the fields only, and is refused for its missing `image`)."""
     schema = model.model_json_schema()
     binary = {"type": "string", "format": "binary"}
     properties = {name: binary if count == 1 else {"type": "array", "items": binary} for name, count in files.items()}
@@ -42,7 +45,8 @@ def _form_body(model: type[Any], files: dict[str, int]) -> dict[str, Any]:
 async def edit_image(request: Request, state: State) -> ImagesResponse | Response:
     """Accepts OpenAI's fields (`input_fidelity` is accepted and ignored: `strength` sets how much of the
     image is kept) and the extensions of generations, plus `strength`."""
-    form = await read_form(request, max_upload_bytes=_upload_bytes(state), files=EDIT_FILES, param="image")
+    form = await read_form(request, max_upload_bytes=_upload_bytes(state), files=EDIT_FILES, param="image",
+                           accept_json=True)
     body = parse_fields(ImageEditRequest, form.fields)
     masks = form.files.get("mask", [])
     return await _edit(state, request, body, form.files.get("image", []), masks[0] if masks else None)
@@ -51,7 +55,8 @@ async def edit_image(request: Request, state: State) -> ImagesResponse | Respons
 @router.post("/v1/images/variations", response_model=ImagesResponse, response_model_exclude_none=True,
              openapi_extra=_form_body(ImageVariationRequest, VARIATION_FILES))
 async def create_variation(request: Request, state: State) -> ImagesResponse | Response:
-    form = await read_form(request, max_upload_bytes=_upload_bytes(state), files=VARIATION_FILES, param="image")
+    form = await read_form(request, max_upload_bytes=_upload_bytes(state), files=VARIATION_FILES, param="image",
+                           accept_json=True)
     variation = parse_fields(ImageVariationRequest, form.fields)
     body = parse_fields(ImageEditRequest, variation.model_dump(exclude_none=True))
     return await _edit(state, request, body, form.files.get("image", []), None)

@@ -1,5 +1,6 @@
-"""The OpenAI Videos API (`/v1/videos...`) and seed 000's `POST /v1/video/generations`. Translating
-only: the jobs live in `video/service.py`, the worker pool in `video/jobs.py`."""
+"""The OpenAI Videos API (`/v1/videos...`), seed 000's `POST /v1/video/generations` and vLLM-Omni's
+`POST /v1/videos/sync` (create, wait, answer the MP4). Translating only: the jobs live in
+`video/service.py`, the worker pool in `video/jobs.py`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
+from dgate.frontend.disconnect import unless_disconnected
 from dgate.frontend.jobs import VideoJob
 from dgate.frontend.jobs.store import ListOrder
 from dgate.frontend.state import AppState, State
@@ -32,8 +34,11 @@ _CREATE_SCHEMA = VideoCreateRequest.model_json_schema()
 _CREATE_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {**_CREATE_SCHEMA, "properties": {
         **_CREATE_SCHEMA["properties"], REFERENCE_FIELD: {"type": "string", "format": "binary"}}}},
+    "application/x-www-form-urlencoded": {"schema": _CREATE_SCHEMA},
     "application/json": {"schema": _CREATE_SCHEMA},
 }}}
+_SYNC_ANSWER = {"responses": {"200": {"description": "the H.264 MP4", "content": {
+    "video/mp4": {"schema": {"type": "string", "format": "binary"}}}}}}
 
 
 def _answer(job: VideoJob, response: Response, state: AppState) -> VideoObject:
@@ -48,6 +53,17 @@ async def create_video(request: Request, response: Response, state: State) -> Vi
     body = await read_create_body(request, max_upload_bytes=int(state.settings.max_upload_mb * 2**20))
     job = await state.videos.create(parse_fields(VideoCreateRequest, body.fields), body.reference)
     return _answer(job, response, state)
+
+
+@router.post("/v1/videos/sync", response_class=FileResponse, openapi_extra={**_CREATE_BODY, **_SYNC_ANSWER})
+async def create_video_sync(request: Request, state: State) -> FileResponse:
+    """vLLM-Omni's: the job of `POST /v1/videos`, waited for within DGATE_REQUEST_TIMEOUT_S; answers the MP4,
+    or the job's error. A client that goes away deletes the job (stopping it)."""
+    body = await read_create_body(request, max_upload_bytes=int(state.settings.max_upload_mb * 2**20))
+    job = await state.videos.create(parse_fields(VideoCreateRequest, body.fields), body.reference)
+    path = await unless_disconnected(request, state.videos.finished(job.id, timeout_s=state.settings.request_timeout_s))
+    return FileResponse(path, media_type=CONTENT_TYPES["video"], headers={"Cache-Control": "private"},
+                        filename=f"{job.id}.mp4", content_disposition_type="inline")
 
 
 @router.get("/v1/videos", response_model=VideoList)

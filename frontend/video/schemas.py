@@ -4,9 +4,10 @@ place a video request becomes `GenerationParams`.
 Decisions a client can see:
 - `POST /v1/videos` takes OpenAI's fields (`prompt`, `model`, `seconds`, `size`, `input_reference`)
   beside the extension fields vLLM-Omni and SGLang clients send (`num_frames`, `fps`, `width`,
-  `height`, `seed`, ...). Precedence, written once in `to_params`: `width`/`height` over `size` over
-  the pipeline's default size; `num_frames` over `seconds` x fps over the pipeline's default length;
-  request `fps` over the pipeline's default fps. Unknown fields are a 400, as for images.
+  `height`, `seed`, ...), as multipart, a urlencoded form or JSON. Written once in `to_params`:
+  `width`/`height` complete or replace `size`, and one that disagrees with a given `size` is a 400
+  naming it; `num_frames` replaces `seconds` x fps, and a `num_frames` that disagrees with given
+  `seconds` is a 400 naming it; the pipeline's defaults fill the rest. Unknown fields are a 400.
 - `seconds` in the answer is the generated clip's length, `num_frames / fps` (OpenAI's "4" when the
   request asked for 4 seconds at a rate that divides evenly).
 - `interpolate` (1, 2 or 4) adds optical-flow frames after generation: `(F - 1) * k + 1` frames at
@@ -117,8 +118,14 @@ class VideoCreateRequest(BaseModel):
         check_prompt_length(self.prompt, max_prompt_chars)
         size_width, size_height = (limits.default_width, limits.default_height) if self.size is None else (
             int(part) for part in self.size.split("x"))
+        self._check_size_pair(size_width, size_height)
         fps = self.fps or limits.default_fps
         num_frames = self.num_frames or limits.default_num_frames
+        if self.num_frames is not None and self.seconds is not None and \
+                round(float(self.seconds) * fps) != self.num_frames:
+            raise InvalidRequestError(
+                f"num_frames={self.num_frames} disagrees with seconds={self.seconds} at {fps} fps "
+                f"({round(float(self.seconds) * fps)} frames): give one of them, or both alike", "num_frames")
         if self.num_frames is None and self.seconds is not None:
             num_frames = round(float(self.seconds) * fps)
             if not MIN_FRAMES <= num_frames <= limits.max_num_frames:
@@ -146,6 +153,16 @@ class VideoCreateRequest(BaseModel):
         )
         limits.validate(**vars(params), video=capabilities.is_video)
         return params, self.interpolate or 1
+
+
+    def _check_size_pair(self, size_width: int, size_height: int) -> None:
+        """vLLM-Omni's `width`/`height` beside OpenAI's `size`: the same request, or a 400 naming the field."""
+        if self.size is None:
+            return
+        for name, value, from_size in (("width", self.width, size_width), ("height", self.height, size_height)):
+            if value is not None and value != from_size:
+                raise InvalidRequestError(f"{name}={value} disagrees with size={self.size}: give one of them, "
+                                          "or both alike", name)
 
 
 def check_reference(capabilities: Capabilities, *, model: str, has_reference: bool) -> None:

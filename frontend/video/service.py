@@ -8,6 +8,7 @@ One `VideoService` per app. `open()` (in the app's lifespan) opens the job store
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from dgate.frontend.engine import Engine, ModelNotFound, PipelineCatalog, Servic
 from dgate.frontend.errors import OpenAIError
 from dgate.frontend.image_store import ImageStore, encode_image
 from dgate.frontend.jobs import JobStore, VideoJob, new_job_id, open_job_store
-from dgate.frontend.jobs.store import ListOrder
+from dgate.frontend.jobs.store import INTERRUPTED, ListOrder
 from dgate.frontend.metrics import Metrics
 from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.video.jobs import JobRunner, WorkerPool, asset_names, delete_assets
@@ -37,6 +38,7 @@ from dgate.frontend.video.schemas import (
 from dgate.frontend.video.uploads import decode_reference
 
 logger = logging.getLogger(__name__)
+SYNC_POLL_S = 0.1  # how often `finished` reads the job store
 
 
 def not_found(video_id: str) -> OpenAIError:
@@ -55,6 +57,17 @@ async def resolve_video_model(engine: PipelineCatalog, requested: str | None,
         if requested:
             raise OpenAIError(400, exc.message, param="model", code="model_not_found") from exc
         raise
+
+
+def failed(job: VideoJob) -> OpenAIError:
+    """A failed job's error as an answer: the job's own message; a 400 when its request was refused."""
+    error = job.error or {}
+    message = error.get("message") or f"video '{job.id}' failed"
+    if error.get("code") == "invalid_request":
+        return OpenAIError(400, message, code="invalid_value")
+    if error.get("code") == INTERRUPTED:
+        return OpenAIError(500, message, type="server_error", code="interrupted")
+    return OpenAIError(500, message, type="server_error", code="generation_failed")
 
 
 def _reference_png(data: bytes, max_pixels: int) -> bytes:
@@ -162,6 +175,29 @@ class VideoService:
             raise not_found(video_id)
         await asyncio.to_thread(delete_assets, self._assets, job.id)
         return job
+
+    async def finished(self, video_id: str, *, timeout_s: float, poll_s: float = SYNC_POLL_S) -> Path:
+        """`POST /v1/videos/sync`: the MP4 of a job once it completes (any replica may run it, so the store
+        is polled). A failed job is its error; past `timeout_s` a 504 names the job, which goes on (its
+        video is fetched as any other's); a caller cancelled (its client gone) deletes the job, which
+        stops it in Triton within a step."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                job = await self.get(video_id)
+                while job.status in ("queued", "in_progress"):
+                    await asyncio.sleep(poll_s)
+                    job = await self.get(video_id)
+        except TimeoutError:
+            raise OpenAIError(504, f"video '{video_id}' did not finish within the request deadline "
+                              f"({timeout_s:g} s, DGATE_REQUEST_TIMEOUT_S); it goes on: poll GET /v1/videos/"
+                              f"{video_id}", type="server_error", code="timeout") from None
+        except asyncio.CancelledError:
+            with contextlib.suppress(OpenAIError):
+                await self.delete(video_id)
+            raise
+        if job.status == "failed":
+            raise failed(job)
+        return await self.content(video_id, "video")
 
     async def content(self, video_id: str, variant: Variant) -> Path:
         job = await self.get(video_id)
