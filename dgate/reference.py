@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dgate.core.denoise import denoise
+from dgate.core.device import as_tensor
 from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
 from dgate.core.images import to_uint8_images
@@ -241,7 +242,7 @@ def torch_component_call(pipe: Any, spec: PipelineSpec) -> Any:
             modules[component] = component_module(pipe, spec, component)
         io = family_of(spec).component_io(spec, component)
         with torch.inference_mode():
-            outputs = modules[component](*(torch.from_numpy(np.ascontiguousarray(inputs[t.name])) for t in io[0]))
+            outputs = modules[component](*(as_tensor(inputs[t.name]) for t in io[0]))
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         return {t.name: out.numpy() for t, out in zip(io[1], outputs, strict=True)}
 
@@ -289,7 +290,7 @@ def torch_loop_images(pipe: Any, spec: PipelineSpec, values: Mapping[str, Any]) 
 
     def call(component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            return {"noise_pred": module(*(torch.from_numpy(inputs[name]) for name in names)).numpy()}
+            return {"noise_pred": module(*(as_tensor(inputs[name]) for name in names)).numpy()}
 
     latents = denoise(spec, params, SchedulerFactory(dict(pipe.scheduler.config)), text, call)
     decoder = VaeDecoderWrapper(pipe.vae, spec.vae_scaling_factor, spec.vae_shift_factor).eval()

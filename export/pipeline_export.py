@@ -188,7 +188,7 @@ def export_component(pipe: Any, spec: PipelineSpec, component: str, options: Ser
     PyTorch at FP32 and at its precision, with its LoRA map: its checks and its model's files."""
     checks: list[VerifyResult] = []
     if options.engine == "torch":
-        return [], torch_files(pipe, spec, component, scratch)
+        return [], torch_files(pipe, spec, component, scratch, takes_lora(spec, component, options))
     module = component_module(pipe, spec, component)
     check_sets = check_inputs(spec, component)
     if calibrated is not None:
@@ -211,12 +211,16 @@ def export_component(pipe: Any, spec: PipelineSpec, component: str, options: Ser
     return checks, served_files(spec, component, options, files, lora_map, scratch)
 
 
-def torch_files(pipe: Any, spec: PipelineSpec, component: str, scratch: Path) -> dict[str, Path | str]:
+def torch_files(pipe: Any, spec: PipelineSpec, component: str, scratch: Path, lora: bool
+                ) -> dict[str, Path | str]:
     """The torch engine's model folder: the pipeline's own modules (`save_pretrained`), the spec it
-    wraps them by, and the shim. Nothing is exported, so nothing is checked: it serves these modules."""
-    from dgate.core.engines.torch_engine import save_torch_component
+    wraps them by, the shim, and with LoRA the map of the module's own layers (what dgate_lora checks
+    adapters against). Nothing is exported, so nothing is checked: it serves these modules."""
+    from dgate.core.engines.torch_engine import lora_map_of, save_torch_component
 
     files = save_torch_component(pipe, spec, component, scratch / "torch")
+    if lora:
+        files[LORA_MAP_FILE] = lora_map_of(getattr(pipe, component)).to_json()
     return files | {PIPELINE_FILE: spec.to_json(),
                     "model.py": model_shim("component_model", f"{spec.name} {component} (torch)")}
 

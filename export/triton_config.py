@@ -141,10 +141,8 @@ def _python_model(name: str, inputs, outputs, max_batch_size: int, instances: in
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     _add_tensors(config.input, inputs)
     _add_tensors(config.output, outputs)
-    if gpu:  # one instance group per visible GPU by default (Triton's KIND_GPU without `gpus`)
+    if gpu:  # `count` instances on each visible GPU (Triton's KIND_GPU without `gpus`)
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=instances)
-        # GPU tensors stay on the GPU across BLS instead of being copied to the host for the model.
-        parameters = parameters | {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"}
     else:
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)
     for key, value in parameters.items():
@@ -165,6 +163,8 @@ def component_config(spec: PipelineSpec, component: str, options: ServingOptions
         if takes_lora(spec, component, options):
             inputs = (*inputs, LORA_ROWS)
             parameters["lora_component"] = component
+        if options.device == "gpu":  # GPU tensors stay on the GPU across BLS, not copied to the host first
+            parameters["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
         config = _python_model(name, inputs, outputs, max_batch_size, options.component_instances, parameters,
                                gpu=options.device == "gpu")
     else:
@@ -226,6 +226,8 @@ def denoiser_config(spec: PipelineSpec, options: ServingOptions) -> mc.ModelConf
         model_name(spec.name, "denoiser"), (*encoded_prompt_inputs(spec), *DENOISE_PARAMETERS), outputs,
         max_batch_size=0, instances=options.denoiser_instances,
         parameters={"lora": str(options.serves_lora).lower()},
+        # On a GPU the loop's tensors live there (dgate.core.device); its inputs still arrive on the host.
+        gpu=options.device == "gpu" and options.triton_backend == "python",
     )
     config.model_transaction_policy.decoupled = options.streams
     return config

@@ -13,6 +13,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from dgate.core.cancellation import CancellationBoard
+from dgate.core.device import as_numpy
+from dgate.core.engines import Placement
 from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
 from dgate.core.pipeline_spec import PIPELINE_FILE, PipelineSpec
@@ -22,9 +24,32 @@ from dgate.core.tensors import LORA_INPUT, model_name
 from dgate.model_repository.triton_io import ModelArgs, input_array
 
 
+def bls_tensor(name: str, value: Any, dtype: np.dtype) -> Any:
+    """A BLS input: numpy and CPU tensors as host arrays, a GPU tensor by DLPack (the tensor object,
+    not a capsule, so that python_backend syncs its stream before reading it)."""
+    if isinstance(value, torch.Tensor) and value.is_cuda:
+        return pb_utils.Tensor.from_dlpack(name, value.to(torch.from_numpy(np.empty(0, dtype)).dtype).contiguous())
+    return pb_utils.Tensor(name, np.ascontiguousarray(as_numpy(value), dtype=dtype))
+
+
+def answer_tensor(tensor: Any) -> Any:
+    """A BLS answer where it arrived: numpy from host memory, a torch tensor from GPU memory."""
+    return tensor.as_numpy() if tensor.is_cpu() else torch.from_dlpack(tensor.to_dlpack())
+
+
+class DenoiserPlacement(Placement):
+    def preferred_memory(self) -> dict[str, Any]:
+        """InferenceRequest's keyword asking for GPU answers on a GPU instance (the CPU build of the
+        Python backend has no PreferredMemory, and a CPU instance wants host answers anyway)."""
+        if not self.on_gpu or not hasattr(pb_utils, "PreferredMemory"):
+            return {}
+        return {"preferred_memory": pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, self.device_id)}
+
+
 class DenoiserModel:
     def initialize(self, args: dict[str, str]) -> None:
         self.args = ModelArgs(args)
+        self.placement = DenoiserPlacement.of_instance(args)
         self.spec = PipelineSpec.load(self.args.version_dir / PIPELINE_FILE)
         self.schedulers = SchedulerFactory(json.loads((self.args.version_dir / "scheduler_config.json").read_text()))
         self.family = family_of(self.spec)
@@ -47,18 +72,19 @@ class DenoiserModel:
         return lambda: request.is_cancelled() or self.cancellations.is_cancelled(request_id)
 
     def component_request(self, component: str, inputs: Arrays, lora: str) -> Any:
-        """One BLS request to a component model of this pipeline."""
+        """One BLS request to a component model of this pipeline: host arrays as they are, GPU tensors
+        by DLPack (no copy), and on a GPU instance the answers asked for in GPU memory."""
         input_specs, output_specs = self.family.component_io(self.spec, component)
-        tensors = [pb_utils.Tensor(t.name, np.ascontiguousarray(inputs[t.name], dtype=t.numpy_dtype))
-                   for t in input_specs]
+        tensors = [bls_tensor(t.name, inputs[t.name], t.numpy_dtype) for t in input_specs]
         if self.takes_lora and component == self.spec.denoiser_component:  # every row: the request's adapters
             rows = len(inputs["sample"])
             tensors.append(pb_utils.Tensor(LORA_INPUT, np.array([[lora.encode()]] * rows, dtype=np.object_)))
         return pb_utils.InferenceRequest(model_name=model_name(self.spec.name, component),
-                                         requested_output_names=[t.name for t in output_specs], inputs=tensors)
+                                         requested_output_names=[t.name for t in output_specs], inputs=tensors,
+                                         **self.placement.preferred_memory())
 
     def component_outputs(self, component: str, response: Any) -> Arrays:
         if response.has_error():
             raise RuntimeError(f"{model_name(self.spec.name, component)}: {response.error().message()}")
         _, output_specs = self.family.component_io(self.spec, component)
-        return {t.name: pb_utils.get_output_tensor_by_name(response, t.name).as_numpy() for t in output_specs}
+        return {t.name: answer_tensor(pb_utils.get_output_tensor_by_name(response, t.name)) for t in output_specs}

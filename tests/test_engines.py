@@ -143,3 +143,31 @@ def test_torch_refitter_keeps_the_numpy_refitters_bookkeeping() -> None:
 def test_an_unknown_engine_is_refused_with_the_ones_that_run(spec: PipelineSpec, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="onnxruntime or torch"):
         load_engine("tensorrt", tmp_path, spec, "unet", CPU)
+
+
+def test_the_program_keeps_tensor_answers_as_a_gpu_engine_returns_them(pipe: DiffusionPipeline, spec: PipelineSpec,
+                                                                       saved: dict[str, Path]) -> None:
+    """The core is device-agnostic: answers as torch tensors (a GPU engine's, by DLPack) give the same
+    image as numpy answers, and the program sends tensors, not host copies, to the denoiser."""
+    engines = {c: load_engine("torch", saved[c], spec, c, CPU) for c in ("unet", "vae_decoder")}
+    seen: list[type] = []
+
+    def tensors(component: str, inputs: dict) -> dict:
+        seen.extend(type(value) for value in inputs.values())
+        _, outputs = family_of(spec).component_io(spec, component)
+        return {t.name: torch.from_numpy(out) for t, out in zip(outputs, engines[component].run(inputs), strict=True)}
+
+    params = DenoiseParams(**{k: VALUES[k] for k in DenoiseParams.__dataclass_fields__ if k in VALUES})
+    text = torch_text_outputs(pipe, spec, VALUES["prompt"], params.negative_prompt)
+    served = run_blocking(image_program(spec, params, SchedulerFactory(dict(pipe.scheduler.config)), text,
+                                        device="cpu"), tensors)
+    np.testing.assert_array_equal(served, _images(pipe, spec, engines))  # type: ignore[arg-type]
+    assert set(seen) == {torch.Tensor}
+
+
+def test_uint8_images_are_the_same_bytes_from_numpy_and_torch() -> None:
+    from dgate.core.images import to_uint8_images
+
+    decoded = np.random.default_rng(0).uniform(-1.2, 1.2, (2, 3, 16, 24)).astype(np.float32)
+    decoded[0, 0, 0, :4] = [-0.5 / 255 * 2, 0.5, 1 / 255, 2 / 255 - 1]  # rounding ties and clamps
+    np.testing.assert_array_equal(to_uint8_images(torch.from_numpy(decoded)), to_uint8_images(decoded))

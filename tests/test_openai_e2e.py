@@ -30,7 +30,7 @@ from dgate.triton_server import TritonServer, free_ports
 
 PIPELINES = ("tiny-pixart", "tiny-sd")  # the frontend's generic behaviour is checked on these two
 ALL_PIPELINES = ("tiny-animatediff", "tiny-flux", "tiny-flux-async", "tiny-pixart", "tiny-sd", "tiny-sd-async",
-                 "tiny-sd-inpaint", "tiny-sd-int8", "tiny-sd3", "tiny-sdxl", "tiny-svd")
+                 "tiny-sd-inpaint", "tiny-sd-int8", "tiny-sd-torch", "tiny-sd3", "tiny-sdxl", "tiny-svd")
 PROMPT = "a red fox in the snow"
 FAST = {"num_inference_steps": 2}
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}

@@ -65,6 +65,7 @@ def max_difference(a: np.ndarray, b: np.ndarray) -> int:
 def test_torch_engine_components_have_no_onnx(model_repository: Path) -> None:
     version = model_repository / f"{MODEL}_unet" / "1"
     assert (version / "torch_modules.json").is_file() and not list(version.glob("*.onnx"))
+    assert (version / "lora_map.json").is_file()  # what dgate_lora checks adapters against
     assert 'string_value: "torch"' in (model_repository / f"{MODEL}_unet" / "config.pbtxt").read_text()
 
 

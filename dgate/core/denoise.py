@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dgate.core.device import as_numpy, as_tensor
 from dgate.core.edit import EncodedEdit
+from dgate.core.errors import RequestCancelled
 from dgate.core.families import family_of
 from dgate.core.families.base import TextOutputs
 from dgate.core.params import DenoiseParams
@@ -25,7 +27,7 @@ from dgate.core.program import Arrays, Program, run_blocking
 from dgate.core.schedulers import SchedulerFactory
 
 
-class DenoiseCancelled(RuntimeError):
+class DenoiseCancelled(RequestCancelled):
     """The client went away; stop spending compute on it."""
 
 
@@ -64,10 +66,13 @@ def cancellable(is_cancelled: Callable[[], bool], on_step: OnStep | None = None)
 
 def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFactory, text: TextOutputs,
                   generator: torch.Generator | None = None, *, edit: EncodedEdit | None = None,
-                  on_step: OnStep | None = None) -> Program[np.ndarray]:
+                  on_step: OnStep | None = None, device: torch.device | str = "cpu") -> Program[torch.Tensor]:
     """Yield each step's denoiser call, receive its noise_pred; return the final latents
     [n, C, h, w] (video: [n, C, F, h, w] or [n, F, C, h, w], the family's layout; float32, unpacked,
-    before the VAE's scaling). `generator`: the request's, when conditioning already drew from it.
+    before the VAE's scaling) on `device`. `generator`: the request's, when conditioning already
+    drew from it. Random draws stay on the CPU generator (diffusers' order and values) and move to
+    `device` once; the conditioning moves there once per request, and every step's inputs, CFG and
+    scheduler step stay there.
 
     `edit`: img2img from the image's latents noised to `params.strength` (the schedule starts part
     way), and with a mask, inpainting: after every step the area to keep is reset to the image's
@@ -82,14 +87,15 @@ def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: Schedul
     timesteps = scheduler.timesteps
     state = None
     if edit is None:
-        latents = family.initial_latents(spec, params, scheduler, generator)
+        latents = family.initial_latents(spec, params, scheduler, generator).to(device)
     else:
         timesteps = family.edit_timesteps(scheduler, params)
-        state = family.edit_latents(spec, params, scheduler, generator, edit, timesteps)
+        state = family.edit_latents(spec, params, scheduler, generator, edit, timesteps).to(device)
         latents = state.latents
     extra = family.step_kwargs(scheduler, generator)
     cfg = family.cfg_scale(params)
-    inputs = family.conditioning(spec, text, params, cfg is not None)
+    inputs = {name: as_tensor(value, device)
+              for name, value in family.conditioning(spec, text, params, cfg is not None).items()}
     names = [t.name for t in family.denoiser_inputs(spec)]
     channels = None  # an inpainting model's extra input channels (mask, masked image), one row per model row
     if state is not None and state.channels is not None:
@@ -101,10 +107,10 @@ def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: Schedul
             model_input = scheduler.scale_model_input(model_input, t)
         if channels is not None:
             model_input = torch.cat([model_input, channels], dim=1)
-        inputs["sample"] = model_input.numpy()
-        inputs["timestep"] = family.timestep_input(t, model_input.shape[0])
+        inputs["sample"] = model_input
+        inputs["timestep"] = as_tensor(family.timestep_input(t, model_input.shape[0]), device)
         outputs = yield (spec.denoiser_component, {name: inputs[name] for name in names})
-        noise_pred = torch.from_numpy(outputs["noise_pred"])
+        noise_pred = as_tensor(outputs["noise_pred"], device)
         if spec.denoiser_out_channels == 2 * spec.latent_channels:
             noise_pred = noise_pred[:, : spec.latent_channels]  # learned sigma: keep the mean
         if cfg is not None:
@@ -118,7 +124,7 @@ def denoise_steps(spec: PipelineSpec, params: DenoiseParams, schedulers: Schedul
             latents = state.keep * kept + (1 - state.keep) * latents
         if on_step is not None:
             on_step(StepState(index + 1, len(timesteps), latents))
-    return latents.numpy().astype(np.float32, copy=False)
+    return latents.float()
 
 
 def denoise(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFactory, text: TextOutputs,
@@ -132,4 +138,4 @@ def denoise(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFact
             on_step(state.done, state.total)
 
     steps = denoise_steps(spec, params, schedulers, text, generator, on_step=cancellable(is_cancelled, progress))
-    return run_blocking(steps, call)
+    return as_numpy(run_blocking(steps, call))

@@ -59,6 +59,14 @@ class EditLatents:
     # Inpainting models (9-channel UNets): [n, c, h, w] concatenated to the (scaled) sample every step.
     channels: torch.Tensor | None = None
 
+    def to(self, device: torch.device | str) -> EditLatents:
+        """Every tensor on `device` (drawn on the CPU generator, then moved once)."""
+        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device)
+
+        return EditLatents(self.latents.to(device), self.noise.to(device), move(self.image_latents),
+                           move(self.keep), move(self.channels))
+
 
 def to_pixels(image: np.ndarray) -> np.ndarray:
     """uint8 [H, W, 3] -> float32 [1, 3, H, W] in [-1, 1] (VaeImageProcessor.preprocess)."""

@@ -24,7 +24,7 @@ def preview_steps(total: int, count: int) -> tuple[int, ...]:
 
 def preview_images(spec: PipelineSpec, latents: torch.Tensor) -> np.ndarray:
     """uint8 [n, H, W, 3] from the loop's latents [n, C, h, w]."""
-    channels_last = latents.float().numpy().transpose(0, 2, 3, 1)
+    channels_last = latents.float().cpu().numpy().transpose(0, 2, 3, 1)
     if spec.preview_rgb:
         factors = np.asarray(spec.preview_rgb, dtype=np.float32)
         rgb = channels_last @ factors[:-1] + factors[-1]

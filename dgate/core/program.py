@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-import numpy as np
-
-Arrays = dict[str, np.ndarray]
+# A call's inputs or outputs by name: numpy arrays or torch tensors on the program's device
+# (dgate.core.device); whoever makes the call converts at its boundary.
+Arrays = dict[str, Any]
 Call = tuple[str, Arrays]  # (component, inputs)
 T = TypeVar("T")
 Program = Generator[Call, Arrays, T]
