@@ -121,4 +121,4 @@ class ImageDenoiser(DenoiserModel):
 
         after_step = cancellable(self.cancellation_check(request), on_step)  # raises if already cancelled
         return image_program(self.spec, image_request.params, self.schedulers, self.encoded_prompt(request),
-                             image_request.edit, after_step)
+                             image_request.edit, after_step, device=self.placement.torch_device)
