@@ -5,6 +5,10 @@ PYTHON ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || com
 VENV ?= .venv
 # The CPU build of torch; on a GPU machine pass TORCH_SPEC='torch==<your CUDA build>'.
 TORCH_SPEC ?= torch==2.13.0
+# GPU=1: also the GPU engines (onnxruntime-gpu, tensorrt: the `gpu` extra). The default stays CPU-only.
+GPU ?=
+comma := ,
+EXTRAS := models,quant,eval,test,triton-wheel$(if $(GPU),$(comma)gpu)
 BIN := $(VENV)/bin
 MODELS ?= build/models
 REPOSITORY ?= build/model_repository
@@ -22,7 +26,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --upgrade pip setuptools wheel
 	$(BIN)/pip install "$(TORCH_SPEC)" "numpy<2"
 	# torch pinned again: an unpinned torchvision (eval extra) would upgrade torch to its CUDA build.
-	$(BIN)/pip install -e ".[models,quant,eval,test,triton-wheel]" "$(TORCH_SPEC)"
+	$(BIN)/pip install -e ".[$(EXTRAS)]" "$(TORCH_SPEC)"
 	# Plain `python` in the venv gets the torchvision fix that every dgate process installs.
 	echo "import dgate.torchvision_ops as t; t.install()" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/dgate-torchvision.pth"
 	$(BIN)/python -c "import dgate.core, dgate.export, dgate.frontend, dgate.model_repository"
