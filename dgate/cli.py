@@ -134,6 +134,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_hash(args: argparse.Namespace) -> int:
+    """The keys file's line for a key read from stdin (typed hidden on a terminal) or, with --new, a new one."""
+    from getpass import getpass
+
+    from dgate.frontend.auth import key_line, new_key, scrypt_hash, sha256_hash
+
+    if args.new:
+        key = new_key()
+        print(f"new API key (shown once; give it to its user): {key}", file=sys.stderr)
+    else:
+        key = getpass("API key: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
+    if not key:
+        print("dgate keys hash: no key (type it, pipe it in, or pass --new)", file=sys.stderr)
+        return 2
+    print(key_line(scrypt_hash(key) if args.scrypt else sha256_hash(key), name=args.name, role=args.role))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from dgate.bench.run import run_bench
 
@@ -234,6 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
     frontend.add_argument("--host")
     frontend.add_argument("--port", type=int)
     frontend.set_defaults(func=cmd_frontend)
+
+    keys = sub.add_parser("keys", help="API keys of the frontend (DGATE_API_KEYS_FILE)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_hash = keys_sub.add_parser("hash", help="print the keys file's line for a key read from stdin, or for a "
+                                    "new random key (--new: the key itself goes to stderr, once)")
+    keys_hash.add_argument("--new", action="store_true", help="generate a new key (256 random bits)")
+    keys_hash.add_argument("--name", help="a name for logs (and quotas)")
+    keys_hash.add_argument("--role", choices=("user", "admin"), default="user",
+                           help="admin: may also manage LoRA adapters")
+    keys_hash.add_argument("--scrypt", action="store_true",
+                           help="hash with scrypt instead of SHA-256 (for keys people chose; costs tens of ms "
+                                "per first use)")
+    keys_hash.set_defaults(func=cmd_keys_hash)
 
     designs = sub.add_parser("bench-designs", help="the async image denoiser (one instance) against the blocking "
                              "one (several): throughput, UNet batch, Triton PSS, one run")

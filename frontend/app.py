@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from dgate.frontend.assets import AssetStore
+from dgate.frontend.auth import AuthMiddleware, caller, load_keys, log_auth_mode
 from dgate.frontend.engine import Engine, TritonEngine
 from dgate.frontend.errors import install_exception_handlers
 from dgate.frontend.image_store import ImageStore
@@ -30,6 +31,8 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
     The video job store (`settings.jobs_db`) opens and the video workers start in the lifespan, so
     serve the app with lifespan events on (uvicorn's default)."""
     settings = settings or FrontendSettings()
+    api_keys = settings.api_keys.get_secret_value() if settings.api_keys is not None else None
+    keys = load_keys(settings.api_keys_file, api_keys)  # a malformed entry stops the start here
     triton = None
     if engine is None:
         triton = TritonEngine(
@@ -46,6 +49,7 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log_auth_mode(keys)  # a loud warning when auth is off
         await video_service.open()  # the job store, recovery of lost jobs, the video workers
         try:
             yield
@@ -68,11 +72,19 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
         loras=LoraRegistry.from_settings(settings),
         assets=assets,
         videos=video_service,
+        keys=keys,
     )
     install_exception_handlers(app, retry_after_s=settings.retry_after_s)
+    # Open without a key: probes and metrics (Prometheus scrapes without credentials; they carry counts
+    # and route templates only), the playground page and docs (no data), and the `url` images (unguessable,
+    # expiring links an <img> can load). Added first: the request middleware outside it logs the 401s.
+    docs = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    app.add_middleware(AuthMiddleware, keys=keys, open_paths={"/health", "/ready", "/metrics", "/"} | {
+        path for path in docs if path}, open_prefixes=("/static/", "/v1/files/"))
     app.add_middleware(RequestMiddleware, metrics=metrics)
     for module in (images, image_edits, ws, videos, models, files, health, loras):
-        app.include_router(module.router)
+        keyed = module in (images, image_edits, videos, models, loras)  # /docs shows them with the Bearer scheme
+        app.include_router(module.router, dependencies=[Depends(caller)] if keyed else None)
     app.include_router(playground.router)  # GET / and /static/: the browser playground
     return app
 

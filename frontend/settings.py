@@ -15,7 +15,7 @@ answer for any job and a restarted frontend finishes what was queued.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +41,14 @@ class FrontendSettings(BaseSettings):
     lora_dirs: str | None = Field(None, description="more adapter roots, `:`-separated like PATH (absolute "
                                   "adapter paths may lie under them or the adapters directory); Triton reads the "
                                   "same")
+    # API keys (frontend/auth.py); with neither set, auth is off.
+    api_keys_file: str | None = Field(None, description="file of API keys, one a line: `<SHA-256 hex or "
+                                      "scrypt$...> [name=<n>] [role=admin or user] [requests_per_minute=<n>] "
+                                      "[in_flight=<n>] [megapixels_per_day=<x>]` (`dgate keys hash` prints a "
+                                      "line); with DGATE_API_KEYS unset too, auth is off")
+    api_keys: SecretStr | None = Field(None, description="comma-separated plain API keys, each optionally "
+                                       "followed by ` name=<n>` and ` role=admin` (simple setups; the file keeps "
+                                       "keys hashed)")
     # Videos API (durable jobs + a worker pool).
     jobs_db: str = Field("sqlite://build/jobs/jobs.db", description="job store URL: sqlite://relative/path.db, "
                          "sqlite:///absolute/path.db or postgresql://user@host:port/db (shared by replicas)")

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from dgate.frontend.assets import AssetStore
+from dgate.frontend.auth import KeyRing
 from dgate.frontend.engine import Engine
 from dgate.frontend.image_store import ImageStore
 from dgate.frontend.lora_registry import LoraRegistry
@@ -26,6 +27,7 @@ class AppState:
     loras: LoraRegistry
     assets: AssetStore  # the shared directory of video files and `url` images
     videos: VideoService
+    keys: KeyRing  # the API keys; empty: auth is off
 
 
 def app_state(request: Request) -> AppState:

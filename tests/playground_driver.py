@@ -78,12 +78,14 @@ def see_playground(
     edit_image: Path | None = None,
     edit_mask: Path | None = None,
     strength: float | None = None,
+    api_key: str | None = None,
     screenshot: Path | None = None,
     browser: Browser | None = None,
     timeout_s: float = 20.0,
 ) -> PlaygroundRun:
     """One generation (or, with `edit_image`, one edit) through the page; None fields stay empty
-    (the server's defaults; an empty seed makes the page send a random one)."""
+    (the server's defaults; an empty seed makes the page send a random one). `api_key` is typed into the
+    page's key field once it loaded (the models are listed again with it)."""
     form = dict(locals())
     with ExitStack() as stack:
         if browser is None:
@@ -112,6 +114,10 @@ def _drive(page: Page, base_url: str, form: dict[str, Any], timeout_s: float) ->
 
     page.goto(f"{base_url.rstrip('/')}/")
     page.wait_for_selector("#app:not([data-state=loading])")
+    if form["api_key"] is not None:
+        page.fill("#api-key", form["api_key"])
+        page.dispatch_event("#api-key", "change")  # the handler sets data-state=loading before it returns
+        page.wait_for_selector("#app:not([data-state=loading])")
     models = page.locator("#model option").evaluate_all("options => options.map(o => o.value)")
     if page.get_attribute("#app", "data-state") == "error":  # the model list failed
         return _result(page, models, requests, sent, errors, form["screenshot"])

@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from dgate.frontend.jobs.store import (
+    ADDED_COLUMNS,
     COLUMNS,
     DEFAULT_TABLE,
     ListOrder,
@@ -52,9 +53,11 @@ CREATE TABLE IF NOT EXISTS {t} (
     assets TEXT NOT NULL,
     attempts INTEGER NOT NULL,
     worker_id TEXT,
-    lease_expires_at DOUBLE PRECISION
+    lease_expires_at DOUBLE PRECISION,
+    owner TEXT
 )"""
 _INDEX = "CREATE INDEX IF NOT EXISTS {index} ON {t} (status, seq)"
+_OWNER_INDEX = "CREATE INDEX IF NOT EXISTS {index} ON {t} (owner, seq)"
 _RELEASE = "worker_id = NULL, lease_expires_at = NULL"
 
 
@@ -94,7 +97,18 @@ class PostgresJobStore:
             # in pg_type); the advisory lock makes them take turns.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dgate-schema-{self._table}",))
             await conn.execute(sql.SQL(_SCHEMA).format(t=self._t))
+            # A table of an older frontend gains the new columns; looked up first, as ALTER TABLE would lock
+            # the table against the other replicas' queries even with nothing to add.
+            present = {row["column_name"] for row in await self._rows(conn, sql.SQL(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = %s").format(), (self._table,))}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in present:
+                    await conn.execute(self._q(f"ALTER TABLE {{t}} ADD COLUMN {{column}} {kind}",
+                                               column=sql.Identifier(column)))
             await conn.execute(sql.SQL(_INDEX).format(index=sql.Identifier(f"{self._table}_status_seq"), t=self._t))
+            await conn.execute(sql.SQL(_OWNER_INDEX).format(index=sql.Identifier(f"{self._table}_owner_seq"),
+                                                            t=self._t))
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -140,18 +154,20 @@ class PostgresJobStore:
         rows = await self._query(self._q("SELECT * FROM {t} WHERE id = %s"), (job_id,))
         return job_from_row(rows[0]) if rows else None
 
-    async def list(self, *, after: str | None = None, limit: int = 20,
-                   order: ListOrder = "desc") -> tuple[list[VideoJob], bool]:
+    async def list(self, *, after: str | None = None, limit: int = 20, order: ListOrder = "desc",
+                   owner: str | None = None) -> tuple[list[VideoJob], bool]:
         check_list_args(limit, order)
         direction, compare = ("ASC", ">") if order == "asc" else ("DESC", "<")
+        mine, owned = ("owner = %s", (owner,)) if owner is not None else ("TRUE", ())
         async with self._pool.connection() as conn:
-            where: sql.Composable = sql.SQL("")
-            params: tuple[Any, ...] = ()
+            where: sql.Composable = sql.SQL(f"WHERE {mine}")
+            params: tuple[Any, ...] = owned
             if after is not None:
-                found = await self._rows(conn, self._q("SELECT seq FROM {t} WHERE id = %s"), (after,))
+                found = await self._rows(conn, self._q(f"SELECT seq FROM {{t}} WHERE id = %s AND {mine}"),
+                                         (after, *owned))
                 if not found:
                     raise ValueError(f"unknown video id {after!r} in `after`")
-                where, params = sql.SQL(f"WHERE seq {compare} %s"), (found[0]["seq"],)
+                where, params = sql.SQL(f"WHERE {mine} AND seq {compare} %s"), (*owned, found[0]["seq"])
             rows = await self._rows(
                 conn, self._q(f"SELECT * FROM {{t}} {{where}} ORDER BY seq {direction} LIMIT %s", where=where),
                 (*params, limit + 1),

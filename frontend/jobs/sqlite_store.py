@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dgate.frontend.jobs.store import (
+    ADDED_COLUMNS,
     COLUMNS,
     DEFAULT_TABLE,
     ListOrder,
@@ -55,10 +56,12 @@ CREATE TABLE IF NOT EXISTS {t} (
     assets TEXT NOT NULL,
     attempts INTEGER NOT NULL,
     worker_id TEXT,
-    lease_expires_at REAL
+    lease_expires_at REAL,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS {t}_status_seq ON {t} (status, seq);
 """
+_OWNER_INDEX = "CREATE INDEX IF NOT EXISTS {t}_owner_seq ON {t} (owner, seq)"
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
@@ -88,6 +91,12 @@ class SQLiteJobStore:
             for statement in _SCHEMA.format(t=self._t).split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            # A database of an older frontend: its table gains the new columns (in this one transaction).
+            present = {row["name"] for row in conn.execute(f"PRAGMA table_info({self._t})").fetchall()}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in present:
+                    conn.execute(f"ALTER TABLE {self._t} ADD COLUMN {column} {kind}")
+            conn.execute(_OWNER_INDEX.format(t=self._t))
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -137,22 +146,24 @@ class SQLiteJobStore:
     async def get(self, job_id: str) -> VideoJob | None:
         return await self._run(self._fetch, job_id)
 
-    async def list(self, *, after: str | None = None, limit: int = 20,
-                   order: ListOrder = "desc") -> tuple[list[VideoJob], bool]:
+    async def list(self, *, after: str | None = None, limit: int = 20, order: ListOrder = "desc",
+                   owner: str | None = None) -> tuple[list[VideoJob], bool]:
         check_list_args(limit, order)
         direction, compare = ("ASC", ">") if order == "asc" else ("DESC", "<")
+        mine, owned = ("owner = ?", (owner,)) if owner is not None else ("1 = 1", ())
 
         def page() -> tuple[list[VideoJob], bool]:
             # One read transaction: the cursor's position and the page come from the same snapshot.
             self._conn.execute("BEGIN")
             params: tuple[Any, ...]
             try:
-                where, params = "", ()
+                where, params = f"WHERE {mine}", owned
                 if after is not None:
-                    cursor = self._conn.execute(f"SELECT seq FROM {self._t} WHERE id = ?", (after,)).fetchone()
+                    cursor = self._conn.execute(f"SELECT seq FROM {self._t} WHERE id = ? AND {mine}",
+                                                (after, *owned)).fetchone()
                     if cursor is None:
                         raise ValueError(f"unknown video id {after!r} in `after`")
-                    where, params = f"WHERE seq {compare} ?", (cursor["seq"],)
+                    where, params = f"WHERE {mine} AND seq {compare} ?", (*owned, cursor["seq"])
                 rows = self._conn.execute(
                     f"SELECT * FROM {self._t} {where} ORDER BY seq {direction} LIMIT ?", (*params, limit + 1),
                 ).fetchall()

@@ -49,6 +49,7 @@ class VideoJob:
     attempts: int = 0            # claims so far
     worker_id: str | None = None  # the lease owner while in_progress
     lease_expires_at: float | None = None
+    owner: str | None = None     # the API key's id (frontend/auth.py) that created it; None: auth was off
 
 
 def new_job_id() -> str:
@@ -66,10 +67,10 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> VideoJob | None: ...
 
-    async def list(self, *, after: str | None = None, limit: int = 20,
-                   order: ListOrder = "desc") -> tuple[list[VideoJob], bool]:
+    async def list(self, *, after: str | None = None, limit: int = 20, order: ListOrder = "desc",
+                   owner: str | None = None) -> tuple[list[VideoJob], bool]:
         """(page, has_more) in creation order; `after` is a job id and the page starts just after it
-        in `order`. Unknown `after` -> ValueError."""
+        in `order`. Unknown `after` -> ValueError. `owner` set: that owner's jobs only (`after` too)."""
 
     async def claim(self, worker_id: str, lease_s: float) -> VideoJob | None:
         """The oldest queued job -> in_progress, attempts + 1, leased to `worker_id`; None if none."""
@@ -103,8 +104,10 @@ class JobStore(Protocol):
 COLUMNS: tuple[str, ...] = (
     "id", "model", "prompt", "seconds", "size", "created_at", "request", "status", "progress",
     "completed_at", "expires_at", "error", "remixed_from_video_id", "assets", "attempts", "worker_id",
-    "lease_expires_at",
+    "lease_expires_at", "owner",
 )
+# Columns added after the first schema: a store adds them (NULL for the old rows) when it opens a database.
+ADDED_COLUMNS: dict[str, str] = {"owner": "TEXT"}
 _JSON_COLUMNS = frozenset({"request", "error", "assets"})
 
 

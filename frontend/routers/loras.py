@@ -6,22 +6,27 @@ under an adapter root (`DGATE_LORA_DIR`, `DGATE_LORA_DIRS`).
 Control path: every adapter is checked by the repository's `dgate_lora` Triton model (the same
 reading and layer matching the components use) before the registry changes, so a bad file is a
 400 and the active adapters stay as they were. Weights change in Triton per request, by refit.
+
+The routes that change adapters need an admin key (403 for a user key); the two lists need any key
+(callers name adapters in their requests' `lora`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from dgate.core.lora.request import ALL_COMPONENTS, AdapterRef, encode_adapters
+from dgate.frontend.auth import admin
 from dgate.frontend.engine import resolve_model
 from dgate.frontend.errors import OpenAIError
 from dgate.frontend.lora_registry import ActiveAdapter, broadcast
 from dgate.frontend.state import AppState, State
 
 router = APIRouter(tags=["lora"])
+ADMIN = [Depends(admin)]
 
 
 class SetLoraRequest(BaseModel):
@@ -77,7 +82,7 @@ def _active_view(state: AppState, model: str) -> dict[str, Any]:
             "active": by_target}
 
 
-@router.post("/v1/set_lora")
+@router.post("/v1/set_lora", dependencies=ADMIN)
 async def set_lora(body: SetLoraRequest, state: State) -> dict[str, Any]:
     model = await _model(state, body.model)
     nicknames = body.lora_nickname if isinstance(body.lora_nickname, list) else [body.lora_nickname]
@@ -91,7 +96,7 @@ async def set_lora(body: SetLoraRequest, state: State) -> dict[str, Any]:
     return {"status": "ok"} | _active_view(state, model) | {"report": report["adapters"]}
 
 
-@router.post("/v1/merge_lora_weights")
+@router.post("/v1/merge_lora_weights", dependencies=ADMIN)
 async def merge_lora_weights(body: MergeRequest, state: State) -> dict[str, Any]:
     # Every applied adapter is already fused into the weights (refit): merging pins it as the
     # pipeline's state until /v1/unmerge_lora_weights, as seed 004's fuse does.
@@ -100,7 +105,7 @@ async def merge_lora_weights(body: MergeRequest, state: State) -> dict[str, Any]
     return {"status": "ok"} | _active_view(state, model)
 
 
-@router.post("/v1/unmerge_lora_weights")
+@router.post("/v1/unmerge_lora_weights", dependencies=ADMIN)
 async def unmerge_lora_weights(state: State, body: MergeRequest | None = None) -> dict[str, Any]:
     body = body or MergeRequest()
     model = await _model(state, body.model)
@@ -113,7 +118,7 @@ async def list_loras(state: State, model: str | None = None) -> dict[str, Any]:
     return _active_view(state, await _model(state, model))
 
 
-@router.post("/v1/loras/load")
+@router.post("/v1/loras/load", dependencies=ADMIN)
 async def load_lora(body: LoadRequest, state: State) -> dict[str, Any]:
     model = await _model(state, body.model)
     adapter = ActiveAdapter(body.name, state.loras.path_for(body.name, body.path), 1.0)
@@ -127,13 +132,13 @@ def _forget(state: AppState, name: str) -> None:
         raise OpenAIError(404, f"no adapter {name!r} is loaded", param="name", code="lora_not_found")
 
 
-@router.post("/v1/loras/unload")
+@router.post("/v1/loras/unload", dependencies=ADMIN)
 async def unload_lora(body: NameRequest, state: State) -> dict[str, Any]:
     _forget(state, body.name)
     return {"name": body.name, "status": "unloaded"}
 
 
-@router.delete("/v1/loras/{name}")
+@router.delete("/v1/loras/{name}", dependencies=ADMIN)
 async def delete_lora(name: str, state: State) -> dict[str, Any]:
     _forget(state, name)
     return {"id": name, "object": "lora.deleted", "deleted": True}

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
+from dgate.frontend.auth import Owner
 from dgate.frontend.disconnect import unless_disconnected
 from dgate.frontend.jobs import VideoJob
 from dgate.frontend.jobs.store import ListOrder
@@ -49,50 +50,52 @@ def _answer(job: VideoJob, response: Response, state: AppState) -> VideoObject:
 
 @router.post("/v1/videos", response_model=VideoObject, openapi_extra=_CREATE_BODY)
 @router.post("/v1/video/generations", response_model=VideoObject, openapi_extra=_CREATE_BODY)
-async def create_video(request: Request, response: Response, state: State) -> VideoObject:
+async def create_video(request: Request, response: Response, state: State, owner: Owner) -> VideoObject:
     body = await read_create_body(request, max_upload_bytes=int(state.settings.max_upload_mb * 2**20))
-    job = await state.videos.create(parse_fields(VideoCreateRequest, body.fields), body.reference)
+    job = await state.videos.create(parse_fields(VideoCreateRequest, body.fields), body.reference, owner)
     return _answer(job, response, state)
 
 
 @router.post("/v1/videos/sync", response_class=FileResponse, openapi_extra={**_CREATE_BODY, **_SYNC_ANSWER})
-async def create_video_sync(request: Request, state: State) -> FileResponse:
+async def create_video_sync(request: Request, state: State, owner: Owner) -> FileResponse:
     """vLLM-Omni's: the job of `POST /v1/videos`, waited for within DGATE_REQUEST_TIMEOUT_S; answers the MP4,
     or the job's error. A client that goes away deletes the job (stopping it)."""
     body = await read_create_body(request, max_upload_bytes=int(state.settings.max_upload_mb * 2**20))
-    job = await state.videos.create(parse_fields(VideoCreateRequest, body.fields), body.reference)
+    job = await state.videos.create(parse_fields(VideoCreateRequest, body.fields), body.reference, owner)
     path = await unless_disconnected(request, state.videos.finished(job.id, timeout_s=state.settings.request_timeout_s))
     return FileResponse(path, media_type=CONTENT_TYPES["video"], headers={"Cache-Control": "private"},
                         filename=f"{job.id}.mp4", content_disposition_type="inline")
 
 
 @router.get("/v1/videos", response_model=VideoList)
-async def list_videos(state: State, after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20,
-                      order: ListOrder = "desc") -> VideoList:
-    jobs, has_more = await state.videos.page(after=after, limit=limit, order=order)
+async def list_videos(state: State, owner: Owner, after: str | None = None,
+                      limit: Annotated[int, Query(ge=1, le=100)] = 20, order: ListOrder = "desc") -> VideoList:
+    jobs, has_more = await state.videos.page(after=after, limit=limit, order=order, owner=owner)
     return VideoList(data=[VideoObject.from_job(job) for job in jobs], first_id=jobs[0].id if jobs else None,
                      last_id=jobs[-1].id if jobs else None, has_more=has_more)
 
 
 @router.get("/v1/videos/{video_id}", response_model=VideoObject)
-async def retrieve_video(video_id: str, response: Response, state: State) -> VideoObject:
-    return _answer(await state.videos.get(video_id), response, state)
+async def retrieve_video(video_id: str, response: Response, state: State, owner: Owner) -> VideoObject:
+    return _answer(await state.videos.get(video_id, owner), response, state)
 
 
 @router.delete("/v1/videos/{video_id}", response_model=VideoDeleted)
-async def delete_video(video_id: str, state: State) -> VideoDeleted:
-    job = await state.videos.delete(video_id)
+async def delete_video(video_id: str, state: State, owner: Owner) -> VideoDeleted:
+    job = await state.videos.delete(video_id, owner)
     return VideoDeleted(id=job.id)
 
 
 @router.get("/v1/videos/{video_id}/content", response_class=FileResponse)
-async def download_video_content(video_id: str, state: State, variant: Variant = "video") -> FileResponse:
-    path = await state.videos.content(video_id, variant)
-    # Private: the id is the only access control, shared caches must not keep the video.
+async def download_video_content(video_id: str, state: State, owner: Owner,
+                                 variant: Variant = "video") -> FileResponse:
+    path = await state.videos.content(video_id, variant, owner)
+    # Private: with keys, the creating key's only (else the id is the only access control); no shared cache.
     return FileResponse(path, media_type=CONTENT_TYPES[variant], headers={"Cache-Control": "private"},
                         filename=f"{video_id}.{_FILE_EXTENSIONS[variant]}", content_disposition_type="inline")
 
 
 @router.post("/v1/videos/{video_id}/remix", response_model=VideoObject)
-async def remix_video(video_id: str, body: VideoRemixRequest, response: Response, state: State) -> VideoObject:
-    return _answer(await state.videos.remix(video_id, body.prompt), response, state)
+async def remix_video(video_id: str, body: VideoRemixRequest, response: Response, state: State,
+                      owner: Owner) -> VideoObject:
+    return _answer(await state.videos.remix(video_id, body.prompt, owner), response, state)

@@ -9,7 +9,11 @@ One request per connection:
   [{"b64_json": ...}], "seed", "size", "model", "output_format", "created"}}` and closes normally (1000);
 - an error is `{"type": "error", "error": {message, type, param, code}}` (the body the HTTP route would
   have answered), then a close with 1008 for the client's error (4xx) or 1011 for the server's;
-- messages after the request are ignored; a client that disconnects cancels the generation.
+- messages after the request are ignored; a client that disconnects cancels the generation;
+- with API keys configured, the key comes as `Authorization: Bearer`, as a `Sec-WebSocket-Protocol`
+  entry `openai-insecure-api-key.<key>` (offer `dgate` beside it: the server answers that one, so the
+  key is not echoed) or as `?api_key=<key>`; without a valid one the first message is the error, code
+  `invalid_api_key`, then a close with 1008 (frontend/auth.py, before this route runs).
 
 Progress needs a pipeline exported with the streaming denoiser: any other is an error (param model).
 """
@@ -29,6 +33,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from dgate.core.errors import InvalidRequestError
+from dgate.frontend.auth import ws_subprotocol
 from dgate.frontend.errors import OpenAIError, from_exception
 from dgate.frontend.image_service import ImageJob, blocking_denoiser, encode_b64, image_pipeline
 from dgate.frontend.schemas import ImageGenerationRequest
@@ -46,7 +51,7 @@ class _Gone(Exception):
 
 @router.websocket("/v1/ws/generate")
 async def generate_ws(websocket: WebSocket) -> None:
-    await websocket.accept()
+    await websocket.accept(subprotocol=ws_subprotocol(websocket.scope))
     try:
         await _generate(websocket, websocket.app.state.dgate)
     except _Gone:

@@ -7,12 +7,17 @@
 // When the stream is refused with a 400 (a server or a model without streaming) the page asks again
 // without streaming and reads the JSON ImagesResponse. Every request carries an explicit seed (a
 // random one when the field is empty), so the seed shown can always reproduce the images.
+//
+// A server with API keys answers 401 without one: the key field's value goes in an `Authorization:
+// Bearer` header of every request, and is kept in this tab's sessionStorage (never in a URL, never in
+// localStorage), so a reload keeps it and closing the tab forgets it.
 
 const $ = (id) => document.getElementById(id);
 const app = $("app");
 const SIZES = ["256x256", "512x512", "768x768", "1024x1024"];
 let models = []; // the image models of /v1/models
 let controller = null; // the running request's AbortController
+const KEY_STORAGE = "dgate.apiKey";
 
 class RequestError extends Error {
   constructor(message, param) {
@@ -55,17 +60,50 @@ async function responseError(response) {
   return new RequestError(`${response.status} ${response.statusText}${detail}`);
 }
 
+// --- the API key -----------------------------------------------------------------------------------
+
+function withKey(headers) {
+  const key = $("api-key").value.trim();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  return headers;
+}
+
+function session(action) {
+  try {
+    return action(window.sessionStorage);
+  } catch {
+    return null; // storage disabled: the key lives in the field only
+  }
+}
+
+function onKeyChange() {
+  const key = $("api-key").value.trim();
+  session((storage) => (key ? storage.setItem(KEY_STORAGE, key) : storage.removeItem(KEY_STORAGE)));
+  if (controller) return;
+  showError("");
+  setState("loading");
+  loadModels();
+}
+
 // --- models ----------------------------------------------------------------------------------------
 
 async function loadModels() {
   const select = $("model");
   try {
-    const response = await fetch("/v1/models", { headers: { Accept: "application/json" } });
+    const response = await fetch("/v1/models", { headers: withKey({ Accept: "application/json" }) });
+    if (response.status === 401) {
+      const error = await responseError(response);
+      const asked = $("api-key").value.trim() ? error.message.replace(/\.$/, "") : "This server needs an API key";
+      throw new RequestError(`${asked}: enter the key in the API key field above.`);
+    }
     if (!response.ok) throw await responseError(response);
     const body = await response.json();
     models = (body.data || []).filter((m) => !m.task || m.task === "image");
   } catch (error) {
+    models = [];
     select.replaceChildren(new Option("No models", ""));
+    select.disabled = true;
+    $("generate").disabled = true;
     showError(`Could not list the models: ${error.message}`);
     setState("error");
     return;
@@ -168,7 +206,7 @@ function formBody(fields, seed, stream) {
 }
 
 function post(edit, fields, seed, stream, signal) {
-  const headers = { Accept: stream ? "text/event-stream" : "application/json" };
+  const headers = withKey({ Accept: stream ? "text/event-stream" : "application/json" });
   if (edit) {
     return fetch("/v1/images/edits", { method: "POST", body: formBody(fields, seed, stream), headers, signal });
   }
@@ -428,6 +466,8 @@ function previewUploads() {
 }
 
 $("form").addEventListener("submit", submit);
+$("api-key").value = session((storage) => storage.getItem(KEY_STORAGE)) || "";
+$("api-key").addEventListener("change", onKeyChange);
 $("model").addEventListener("change", onModelChange);
 $("mode-generate").addEventListener("change", onModeChange);
 $("mode-edit").addEventListener("change", onModeChange);

@@ -107,18 +107,18 @@ class VideoService:
 
     # -- creating jobs ------------------------------------------------------------------------------
 
-    async def create(self, body: VideoCreateRequest, reference: bytes | None) -> VideoJob:
+    async def create(self, body: VideoCreateRequest, reference: bytes | None, owner: str | None = None) -> VideoJob:
         model, pipeline = await resolve_video_model(self._engine, body.model, self._settings.default_model)
         params, interpolate = body.to_params(pipeline, model=model, has_reference=reference is not None,
                                              max_prompt_chars=self._settings.max_prompt_chars)
         input_png = None
         if reference is not None:
             input_png = await asyncio.to_thread(_reference_png, reference, self._settings.max_input_pixels)
-        return await self._enqueue(model, params, interpolate, input_png)
+        return await self._enqueue(model, params, interpolate, input_png, owner=owner)
 
-    async def remix(self, video_id: str, prompt: str) -> VideoJob:
+    async def remix(self, video_id: str, prompt: str, owner: str | None = None) -> VideoJob:
         """A new job with the source's request (seed included) and a new prompt."""
-        source = await self.get(video_id)
+        source = await self.get(video_id, owner)
         params, interpolate, input_asset = job_params(source.request)
         if input_asset is None:  # text-to-video: the prompt is what the video shows
             check_prompt(prompt)
@@ -130,10 +130,10 @@ class VideoService:
                 raise OpenAIError(400, f"the input image of '{video_id}' is gone: it cannot be remixed",
                                   param="video_id", code="video_not_remixable")
         return await self._enqueue(source.model, replace(params, prompt=prompt), interpolate, input_png,
-                                   remixed_from=source.id)
+                                   remixed_from=source.id, owner=owner)
 
     async def _enqueue(self, model: str, params: GenerationParams, interpolate: int, input_png: bytes | None,
-                       remixed_from: str | None = None) -> VideoJob:
+                       remixed_from: str | None = None, owner: str | None = None) -> VideoJob:
         job_id = new_job_id()
         input_asset = None
         if input_png is not None:  # written first: a worker never claims a job without its image
@@ -143,6 +143,7 @@ class VideoService:
             id=job_id, model=model, prompt=params.prompt, seconds=clip_seconds(params.num_frames, params.fps),
             size=f"{params.width}x{params.height}", created_at=int(self._clock()),
             request=job_request(params, interpolate, input_asset), remixed_from_video_id=remixed_from,
+            owner=owner,
         )
         try:
             await self.store.create(job)
@@ -154,22 +155,25 @@ class VideoService:
             self._pool.wake()
         return job
 
-    # -- reading and deleting -----------------------------------------------------------------------
+    # -- reading and deleting: `owner` set (an API key's), another owner's job is a 404 ----------------
 
-    async def get(self, video_id: str) -> VideoJob:
+    async def get(self, video_id: str, owner: str | None = None) -> VideoJob:
         job = await self.store.get(video_id)
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             raise not_found(video_id)
         return job
 
-    async def page(self, *, after: str | None, limit: int, order: ListOrder) -> tuple[list[VideoJob], bool]:
+    async def page(self, *, after: str | None, limit: int, order: ListOrder,
+                   owner: str | None = None) -> tuple[list[VideoJob], bool]:
         try:
-            return await self.store.list(after=after, limit=limit, order=order)
+            return await self.store.list(after=after, limit=limit, order=order, owner=owner)
         except ValueError as exc:
             raise OpenAIError(400, str(exc), param="after", code="invalid_value") from exc
 
-    async def delete(self, video_id: str) -> VideoJob:
+    async def delete(self, video_id: str, owner: str | None = None) -> VideoJob:
         """Removes the job and its files; a worker running it stops at its next progress report."""
+        if owner is not None:
+            await self.get(video_id, owner)  # owners never change: checked, then deleted
         job = await self.store.delete(video_id)
         if job is None:
             raise not_found(video_id)
@@ -199,8 +203,8 @@ class VideoService:
             raise failed(job)
         return await self.content(video_id, "video")
 
-    async def content(self, video_id: str, variant: Variant) -> Path:
-        job = await self.get(video_id)
+    async def content(self, video_id: str, variant: Variant, owner: str | None = None) -> Path:
+        job = await self.get(video_id, owner)
         if job.status != "completed":
             raise OpenAIError(400, f"video '{video_id}' is {job.status}; its content is ready once it is "
                               "completed", param="video_id", code="video_not_ready")
