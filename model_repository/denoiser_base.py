@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -24,11 +25,12 @@ from dgate.core.tensors import LORA_INPUT, model_name
 from dgate.model_repository.triton_io import ModelArgs, input_array
 
 
-def bls_tensor(name: str, value: Any, dtype: np.dtype) -> Any:
+def bls_tensor(name: str, value: Any, dtype: npt.DTypeLike) -> Any:
     """A BLS input: numpy and CPU tensors as host arrays, a GPU tensor by DLPack (the tensor object,
     not a capsule, so that python_backend syncs its stream before reading it)."""
     if isinstance(value, torch.Tensor) and value.is_cuda:
-        return pb_utils.Tensor.from_dlpack(name, value.to(torch.from_numpy(np.empty(0, dtype)).dtype).contiguous())
+        torch_dtype = torch.from_numpy(np.empty(0, dtype)).dtype
+        return pb_utils.Tensor.from_dlpack(name, value.to(torch_dtype).contiguous())
     return pb_utils.Tensor(name, np.ascontiguousarray(as_numpy(value), dtype=dtype))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from dgate.core.pipeline_spec import PipelineSpec
 
@@ -36,7 +36,7 @@ class Placement:
         return f"cuda:{self.device_id}" if self.on_gpu else "cpu"
 
     @classmethod
-    def of_instance(cls, args: dict[str, str]) -> Placement:
+    def of_instance(cls, args: dict[str, str]) -> Self:
         return cls(args.get("model_instance_kind", "CPU") or "CPU", int(args.get("model_instance_device_id", 0) or 0))
 
 
