@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch comes with it: imported when a command runs
     from dgate.export.triton_config import ServingOptions
@@ -101,13 +101,18 @@ def cmd_triton(args: argparse.Namespace) -> int:
     return run_foreground(args.model_repository, _ports(args), extra_args=args.triton_arg or ())
 
 
+def frontend_overrides(args: argparse.Namespace, triton_url: str | None = None) -> dict[str, Any]:
+    """The settings the command line gives (`--host`, `--port`, the Triton address); the rest, and
+    these when not given, come from FrontendSettings' DGATE_* environment (DGATE_HOST, DGATE_PORT...)."""
+    values = (("triton_url", triton_url or getattr(args, "triton_url", None)), ("host", args.host), ("port", args.port))
+    return {key: value for key, value in values if value is not None}
+
+
 def cmd_frontend(args: argparse.Namespace) -> int:
     from dgate.frontend.app import run
     from dgate.frontend.settings import FrontendSettings
 
-    overrides = {key: value for key, value in (("triton_url", args.triton_url), ("host", args.host),
-                                                ("port", args.port)) if value is not None}
-    run(FrontendSettings(**overrides))
+    run(FrontendSettings(**frontend_overrides(args)))
     return 0
 
 
@@ -127,8 +132,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         with TritonServer(args.model_repository, ports, extra_args=args.triton_arg or ()):
-            overrides = {"triton_url": ports.grpc_url, "host": args.host or "127.0.0.1", "port": args.port or 9000}
-            run(FrontendSettings(**overrides))  # returns on Ctrl-C; leaving the block stops Triton
+            run(FrontendSettings(**frontend_overrides(args, ports.grpc_url)))  # returns on Ctrl-C; leaving the
+            # block stops Triton
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
@@ -243,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--triton-arg", action="append", help="extra tritonserver argument (repeatable)")
         _add_ports(command)
         if name == "serve":
-            command.add_argument("--host")
-            command.add_argument("--port", type=int)
+            command.add_argument("--host", help="the frontend's address (default: DGATE_HOST, else 127.0.0.1)")
+            command.add_argument("--port", type=int, help="the frontend's port (default: DGATE_PORT, else 9000)")
         command.set_defaults(func=func)
 
     frontend = sub.add_parser("frontend", help="start the OpenAI frontend against a running Triton")

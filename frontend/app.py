@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI
 from dgate.frontend.assets import AssetStore
 from dgate.frontend.auth import AuthMiddleware, caller, load_keys, log_auth_mode
 from dgate.frontend.engine import Engine, TritonEngine
-from dgate.frontend.errors import install_exception_handlers
+from dgate.frontend.errors import document_errors, install_exception_handlers
 from dgate.frontend.image_store import ImageStore
 from dgate.frontend.logs import configure_logging
 from dgate.frontend.lora_registry import LoraRegistry
@@ -75,6 +75,7 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
         keys=keys,
     )
     install_exception_handlers(app, retry_after_s=settings.retry_after_s)
+    document_errors(app)
     # Open without a key: probes and metrics (Prometheus scrapes without credentials; they carry counts
     # and route templates only), the playground page and docs (no data), and the `url` images (unguessable,
     # expiring links an <img> can load). Added first: the request middleware outside it logs the 401s.

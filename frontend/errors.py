@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dgate.core.errors import InvalidRequestError
 from dgate.frontend.engine import EngineError, EngineTimeout, ModelNotFound, ServiceUnavailable
+from dgate.frontend.engine.errors import RequestCancelled
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,14 @@ def from_exception(
         return OpenAIError(400, exc.message, param=exc.param, code="invalid_value")
     if isinstance(exc, ModelNotFound):
         return OpenAIError(404, exc.message, param="model", code="model_not_found")
+    if isinstance(exc, RequestCancelled):  # by the model server (a deadline, a drain), not by this client
+        return OpenAIError(
+            503,
+            exc.message,
+            type="server_error",
+            code="request_cancelled",
+            headers={"Retry-After": str(retry_after_s)},
+        )
     if isinstance(exc, ServiceUnavailable):
         return OpenAIError(
             503,
@@ -118,6 +127,8 @@ def from_exception(
     if isinstance(exc, EngineTimeout):
         return OpenAIError(504, exc.message, type="server_error", code="timeout")
     if isinstance(exc, EngineError):
+        # Its message is already fit for a client (triton_errors logged the backend's own text).
+        logger.error("engine error: %s", exc.message, extra={"request_id": request_id})
         return OpenAIError(500, exc.message, type="server_error", code="engine_error")
     if isinstance(exc, StarletteHTTPException):
         code = _HTTP_CODES.get(exc.status_code)
@@ -150,3 +161,51 @@ def install_exception_handlers(app: FastAPI, *, retry_after_s: int = DEFAULT_RET
         StarletteHTTPException,
     ):
         app.add_exception_handler(exc_type, handle)
+
+
+# The error answers of the /v1 routes, for the OpenAPI document (FastAPI's own 422 is never sent:
+# validation errors are 400s).
+_ERROR_ANSWERS = {
+    "400": "Invalid request: the field is named in `param`",
+    "401": "Missing or wrong API key (when keys are configured)",
+    "404": "Unknown model, video or file",
+    "429": "Over a rate limit or quota, or the queue is full: retry after `Retry-After` seconds",
+    "500": "The server or the pipeline failed (the message carries the request id)",
+    "503": "The model server is not ready or the request was cancelled there: retry after `Retry-After`",
+}
+_OPEN_ROUTES = ("/v1/files/",)  # unguessable expiring links, no key (frontend/auth.py)
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make the app's OpenAPI document list the error answers the API really gives, in OpenAI's shape."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas["ErrorResponse"] = {
+            "title": "ErrorResponse", "type": "object", "required": ["error"],
+            "properties": {"error": {"type": "object", "required": ["message", "type"], "properties": {
+                "message": {"type": "string"}, "type": {"type": "string"},
+                "param": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                "code": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}},
+        }
+        answer = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                responses.pop("422", None)
+                if not path.startswith("/v1/"):
+                    continue
+                for status, description in _ERROR_ANSWERS.items():
+                    if status == "401" and path.startswith(_OPEN_ROUTES):
+                        continue
+                    responses.setdefault(status, {"description": description, **answer})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

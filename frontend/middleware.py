@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dgate.frontend.errors import from_exception
 from dgate.frontend.metrics import Metrics
+from dgate.frontend.request_id import REQUEST_ID
 
 logger = logging.getLogger("dgate.frontend.access")
 
@@ -87,6 +88,7 @@ class RequestMiddleware:
             return
         request_id = _request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
+        REQUEST_ID.set(request_id)  # the Triton engine sends it on as Triton's request id
         status = 500
         started = False
 

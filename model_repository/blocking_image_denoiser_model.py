@@ -29,7 +29,7 @@ class TritonPythonModel(ImageDenoiser):
             images = run_blocking(self.program(request, image_request), call)
             return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(ENSEMBLE_OUTPUT.name, images)])
         except Exception as error:
-            return error_response(error)
+            return error_response(error, request, self.args.name)
         finally:
             self.cancellations.clear(request.request_id())
 

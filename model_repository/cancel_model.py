@@ -9,7 +9,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from dgate.core.cancellation import CancellationBoard
-from dgate.core.tensors import CANCEL_OUTPUT, CANCEL_REQUEST_ID
+from dgate.core.tensors import CANCEL_MODEL, CANCEL_OUTPUT, CANCEL_REQUEST_ID
 from dgate.model_repository.triton_io import error_response, input_scalar
 
 
@@ -25,5 +25,5 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(CANCEL_OUTPUT, np.array([True]))]))
             except Exception as error:
-                responses.append(error_response(error))
+                responses.append(error_response(error, request, CANCEL_MODEL))
         return responses

@@ -12,7 +12,6 @@ weights; the engine switches its weights in place between groups.
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from typing import Any
 
@@ -23,8 +22,6 @@ from dgate.core.engines import ComponentEngine, Placement, load_engine
 from dgate.core.pipeline_spec import PIPELINE_FILE, PipelineSpec
 from dgate.core.tensors import LORA_INPUT
 from dgate.model_repository.triton_io import ModelArgs, error_response, input_array
-
-logger = logging.getLogger(__name__)
 
 
 def _concatenate(parts: list[Any]) -> Any:
@@ -38,6 +35,7 @@ def _concatenate(parts: list[Any]) -> Any:
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
+        self.name = model.name
         self.placement = Placement.of_instance(args)
         spec_file = model.version_dir / PIPELINE_FILE
         self.lora = bool(model.parameter("lora_component", ""))
@@ -86,10 +84,9 @@ class TritonPythonModel:
                 batch = {name: _concatenate([arrays[i][name] for i in members]) for name in self.input_names}
                 outputs = self.engine.run(batch, lora)
                 self._last_lora = lora
-            except Exception as error:  # one bad batch must not take the model down
-                logger.exception("component run failed")
+            except Exception as error:  # one bad batch must not take the model down (each logged)
                 for i in members:
-                    responses[i] = error_response(error)
+                    responses[i] = error_response(error, requests[i], self.name)
                 continue
             offset = 0
             for i in members:

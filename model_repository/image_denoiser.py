@@ -23,6 +23,7 @@ from dgate.core.lora.request import adapters_dir, decode_adapters
 from dgate.core.params import DenoiseParams
 from dgate.core.previews import preview_images, preview_steps
 from dgate.core.program import Program
+from dgate.core.schedulers import check_schedule
 from dgate.core.tensors import (
     EDIT_IMAGE,
     EDIT_MASK,
@@ -66,6 +67,7 @@ class ImageDenoiser(DenoiserModel):
             value = np.format_float_positional(np.float32(strength.reshape(-1)[0]), unique=True)
             params = DenoiseParams(**(vars(params) | {"strength": float(value)}))
         self.spec.limits.validate(**vars(params), video=self.spec.capabilities.is_video)
+        check_schedule(self.spec, params, self.schedulers, edit=image is not None)
         edit = None
         if image is not None:
             if not self.spec.capabilities.edits:

@@ -23,7 +23,7 @@ from dgate.core.lora.deltas import LRUCache, layer_deltas
 from dgate.core.lora.request import adapters_dir, decode_adapters
 from dgate.core.lora.weight_map import LORA_MAP_FILE, LoraMap
 from dgate.core.pipeline_spec import PIPELINE_FILE, PipelineSpec
-from dgate.core.tensors import LORA_INPUT
+from dgate.core.tensors import LORA_CHECK_MODEL, LORA_INPUT
 from dgate.model_repository.triton_io import ModelArgs, error_response, input_scalar
 
 
@@ -90,5 +90,5 @@ class TritonPythonModel:
                 report = np.array([self._report(request).encode()], dtype=np.object_)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("report", report)]))
             except Exception as error:
-                responses.append(error_response(error))
+                responses.append(error_response(error, request, LORA_CHECK_MODEL))
         return responses

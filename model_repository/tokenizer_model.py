@@ -19,6 +19,7 @@ from dgate.model_repository.triton_io import ModelArgs, error_response, input_sc
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
+        self.name = model.name
         self.spec = PipelineSpec.load(model.version_dir / "pipeline.json")
         self.tokenizers = {
             encoder.component: PromptTokenizer.from_directory(model.version_dir / encoder.tokenizer,
@@ -46,5 +47,5 @@ class TritonPythonModel:
             try:
                 responses.append(pb_utils.InferenceResponse(output_tensors=self._tokenize(request)))
             except Exception as error:
-                responses.append(error_response(error))
+                responses.append(error_response(error, request, self.name))
         return responses

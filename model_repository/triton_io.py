@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import traceback
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from dgate.core.errors import InvalidRequestError, marked
+from dgate.core.errors import InvalidRequestError, RequestCancelled, marked
 from dgate.core.params import DenoiseParams
 from dgate.core.tensors import VIDEO_INPUTS
 
@@ -47,11 +49,43 @@ def input_scalar(request: Any, name: str) -> Any:
     return value.decode("utf-8") if isinstance(value, bytes) else value.item()
 
 
-def error_response(error: Exception) -> Any:
-    """One failed request, without failing the others in the batch."""
+logger = logging.getLogger("dgate.model_repository")
+
+
+def log(level: int, message: str) -> None:
+    """Into Triton's own log through the stub's pb_utils.Logger where it has one, else Python's logging."""
+    triton_logger = getattr(pb_utils, "Logger", None)
+    if triton_logger is None:
+        logger.log(level, message)
+    elif level >= logging.ERROR:
+        triton_logger.log_error(message)
+    elif level >= logging.WARNING:
+        triton_logger.log_warn(message)
+    else:
+        triton_logger.log_info(message)
+
+
+def request_id_of(request: Any) -> str:
+    """The Triton request id: the frontend sends its own (x-request-id), so the two logs join on it."""
+    try:
+        return str(request.request_id()) if request is not None else ""
+    except Exception:  # a stub without it: the log line still says what failed
+        return ""
+
+
+def error_response(error: Exception, request: Any = None, model: str = "") -> Any:
+    """One failed request, without failing the others in the batch; logged with its request id (a
+    client's mistake and a cancellation at info, anything else at error with its traceback)."""
+    where = f"{model or 'model'} request {request_id_of(request) or '-'}"
     if isinstance(error, InvalidRequestError):
+        log(logging.INFO, f"{where}: refused ({error.param or '-'}): {error.message}")
         return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
             marked(error), pb_utils.TritonError.INVALID_ARG))
+    if isinstance(error, RequestCancelled):
+        log(logging.INFO, f"{where}: {error}")
+        code = getattr(pb_utils.TritonError, "CANCELLED", pb_utils.TritonError.INTERNAL)
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error), code))
+    log(logging.ERROR, f"{where}: failed: {''.join(traceback.format_exception(error)).rstrip()}")
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error),
                                                                                     pb_utils.TritonError.INTERNAL))
 

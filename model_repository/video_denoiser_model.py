@@ -15,6 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from dgate.core.errors import InvalidRequestError
+from dgate.core.schedulers import check_schedule
 from dgate.core.tensors import CONDITIONING_IMAGE, LORA_INPUT, PROGRESS_OUTPUT, VIDEO_OUTPUT
 from dgate.core.video import generate_video
 from dgate.model_repository.denoiser_base import DenoiserModel
@@ -41,6 +42,7 @@ class TritonPythonModel(DenoiserModel):
         try:
             params = denoise_params(request, video=True)
             self.spec.limits.validate(**vars(params), video=self.spec.capabilities.is_video)
+            check_schedule(self.spec, params, self.schedulers)
             if str(input_scalar(request, LORA_INPUT)):
                 raise InvalidRequestError(f"{self.spec.name} is served without LoRA support (video pipelines "
                                           "take no adapters yet)", "lora")
@@ -52,7 +54,8 @@ class TritonPythonModel(DenoiserModel):
                 pb_utils.Tensor(PROGRESS_OUTPUT.name, np.array([1.0], dtype=np.float32))])
             sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         except Exception as error:
-            sender.send(error_response(error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            sender.send(error_response(error, request, self.args.name),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         finally:
             self.cancellations.clear(request.request_id())
 

@@ -312,19 +312,20 @@ def test_bad_input_is_a_400_naming_the_param(client: OpenAI, model: str, fields:
     assert message in error["message"], error["message"]
 
 
-@pytest.mark.parametrize("model", PIPELINES)
-def test_a_failure_inside_triton_is_a_500_with_tritons_message(client: OpenAI, model: str) -> None:
-    # PNDM (diffusers' PNDMScheduler with PRK warm-up) cannot lay out fewer than 4 steps: diffusers
-    # itself raises this ValueError in set_timesteps. The frontend and the ensemble's limits allow
-    # 1..100 steps for every scheduler, so the request passes the frontend and fails in the denoiser.
-    # If that limit is ever validated up front this becomes a 400: provoke the 500 another way then.
-    with pytest.raises(openai.InternalServerError) as caught:
+@pytest.mark.parametrize("model", [*PIPELINES, "tiny-sd-async"])  # unary gRPC and the gRPC stream
+def test_a_schedule_diffusers_rejects_is_a_400_from_validation(client: OpenAI, model: str) -> None:
+    # PNDM (diffusers' PNDMScheduler with PRK warm-up) cannot lay out fewer than 4 steps: diffusers raises
+    # a numpy broadcast error inside set_timesteps. The denoiser lays the schedule out before its loop
+    # (dgate.core.schedulers.check_schedule), so the request is the client's 400 naming the field, and
+    # diffusers' own text stays in Triton's log.
+    with pytest.raises(openai.BadRequestError) as caught:
         client.images.generate(prompt=PROMPT, model=model, size="32x32",
                                extra_body={"scheduler": "pndm", "num_inference_steps": 1})
-    error = openai_error(caught.value, 500)
-    assert error["code"] == "engine_error"
-    assert f"in ensemble '{model}'" in error["message"]
-    assert "operands could not be broadcast together" in error["message"]
+    error = openai_error(caught.value, 400)
+    assert error["param"] == "num_inference_steps"
+    assert error["code"] == "invalid_value"
+    assert "the pndm scheduler cannot run 1 inference step(s)" in error["message"], error["message"]
+    assert "broadcast" not in error["message"] and "ensemble" not in error["message"]
     # Serving goes on, and PNDM works where it can.
     response = client.images.generate(prompt=PROMPT, model=model, size="32x32",
                                       extra_body={"scheduler": "pndm", "num_inference_steps": 4})
@@ -413,6 +414,28 @@ def test_triton_outage_is_a_503_and_the_frontend_recovers(
     finally:
         for server in servers:
             server.stop()
+
+
+def test_a_component_that_is_not_loaded_is_a_503_not_a_404(
+    model_repository: Path, tmp_path: Path, frontend_launcher: Any
+) -> None:
+    # The ensemble and its steps load, its UNet (a BLS target, named only from the denoiser) does not:
+    # the pipeline exists, so the client gets a retryable 503, not "model does not exist".
+    ports = free_ports()
+    args = ["--model-control-mode=explicit", "--load-model=tiny-sd", "--load-model=tiny-sd_vae_decoder"]
+    server = TritonServer(model_repository, ports, log_path=tmp_path / "triton.log", extra_args=args)
+    try:
+        server.start()
+        base_url = frontend_launcher(FrontendSettings(triton_url=ports.grpc_url, retry_after_s=7))
+        with make_client(base_url) as client:
+            with pytest.raises(openai.InternalServerError) as caught:
+                client.images.generate(prompt=PROMPT, model="tiny-sd", size="32x32", extra_body=FAST)
+            error = openai_error(caught.value, 503)
+            assert error["code"] == "service_unavailable"
+            assert "tiny-sd_unet" in error["message"] and "is not loaded" in error["message"]
+            assert caught.value.response.headers["retry-after"] == "7"
+    finally:
+        server.stop()
 
 
 def _unet_executions(triton: Any, model: str) -> int:

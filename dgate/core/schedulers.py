@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import diffusers
 from diffusers import (
@@ -23,6 +24,10 @@ from diffusers import (
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import DEFAULT_SCHEDULER
+
+if TYPE_CHECKING:
+    from dgate.core.params import DenoiseParams
+    from dgate.core.pipeline_spec import PipelineSpec
 
 # diffusers' SchedulerMixin declares none of the scheduler contract (set_timesteps, timesteps, step,
 # scale_model_input), so a scheduler is typed Any here.
@@ -97,6 +102,35 @@ class SchedulerFactory:
         if name not in self._templates:
             self._templates[name] = build_scheduler(name, self.base_config)
         return copy.deepcopy(self._templates[name])
+
+    def check(self, name: str, num_inference_steps: int, set_timesteps: Callable[[Scheduler], None]) -> None:
+        """Lay out a request's schedule on a fresh scheduler (cheap: no model call), so that a step count
+        diffusers rejects inside `set_timesteps` (PNDM below 4 steps, ...) is a 400 before the loop.
+        `set_timesteps(scheduler)`: the family's own call, with the request's values."""
+        try:
+            set_timesteps(self(name))
+        except InvalidRequestError:
+            raise
+        except Exception as error:  # diffusers' own text (numpy shapes) stays in the chained traceback
+            raise InvalidRequestError(
+                f"the {name} scheduler cannot run {num_inference_steps} inference step(s): choose more steps or "
+                "another scheduler", "num_inference_steps") from error
+
+
+def check_schedule(spec: PipelineSpec, params: DenoiseParams, schedulers: SchedulerFactory, *,
+                   edit: bool = False) -> None:
+    """The request's scheduler, steps (and for an edit, strength) as its loop will lay them out: an
+    InvalidRequestError naming the field now, instead of a failure inside the loop."""
+    from dgate.core.families import family_of  # the families import this module
+
+    family = family_of(spec)
+
+    def set_timesteps(scheduler: Scheduler) -> None:
+        family.set_timesteps(scheduler, spec, params)
+        if edit:
+            family.edit_timesteps(scheduler, params)
+
+    schedulers.check(params.scheduler, params.num_inference_steps, set_timesteps)
 
 
 def step_kwargs(scheduler: Scheduler, generator: Any, eta: float = 0.0) -> dict[str, Any]:

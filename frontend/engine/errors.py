@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class EngineError(RuntimeError):
-    """The backend failed a request; the message is the backend's own and is shown to the client."""
+    """The backend failed a request; the message is shown to the client, so never the backend's own text (logged)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -23,3 +23,7 @@ class ModelNotFound(EngineError):
     def __init__(self, name: str) -> None:
         super().__init__(f"The model '{name}' does not exist or is not a D-Gate pipeline")
         self.name = name
+
+
+class RequestCancelled(ServiceUnavailable):
+    """The backend cancelled the request while it ran (not at this client's asking: a deadline, a drain)."""

@@ -45,6 +45,7 @@ from dgate.core.tensors import (
 from dgate.frontend.engine.errors import EngineError, EngineTimeout, ModelNotFound, ServiceUnavailable
 from dgate.frontend.engine.protocol import EditImages, PartialCallback, ProgressCallback, StepCallback
 from dgate.frontend.engine.triton_errors import map_triton_error
+from dgate.frontend.request_id import REQUEST_ID
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ def check_images(images: np.ndarray, params: GenerationParams) -> np.ndarray:
         )
     return images
 
+
+def triton_request_id(kind: str) -> str:
+    """Triton's id for one request: the HTTP request's id (x-request-id) first, so that Triton's log and
+    the frontend's join on it, and a suffix of its own, as the cancellation board needs it unique."""
+    frontend_id = REQUEST_ID.get()
+    return f"{frontend_id}:{kind}-{secrets.token_hex(4)}" if frontend_id else f"{kind}-{secrets.token_hex(8)}"
 
 
 # tritonclient's own defaults (2 GiB messages) plus a short reconnect backoff: gRPC's default grows
@@ -160,7 +167,7 @@ class TritonEngine:
         if on_step is not None:
             values[STREAM_PROGRESS.name] = True
         inputs = infer_inputs(grpcclient, values, tensors=request_tensors("image"))
-        request_id = f"image-{secrets.token_hex(8)}"
+        request_id = triton_request_id("image")
         if not pipeline.streams:
             return check_images(await self._infer_images(name, inputs, request_id), params)
         outputs = [PROGRESS_OUTPUT, STEPS_OUTPUT, PARTIAL_OUTPUT, PARTIAL_INDEX_OUTPUT, ENSEMBLE_OUTPUT]
@@ -195,7 +202,7 @@ class TritonEngine:
         except InferenceServerException as exc:
             # The model may have been reloaded with other limits (or removed): re-read them next time.
             self._pipelines.pop(name, None)
-            raise map_triton_error(exc, name) from exc
+            raise map_triton_error(exc, name, request_id) from exc
         images = result.as_numpy(ENSEMBLE_OUTPUT.name)
         if images is None:
             raise EngineError(f"pipeline '{name}' returned no '{ENSEMBLE_OUTPUT.name}' output")
@@ -221,7 +228,7 @@ class TritonEngine:
                         return result
         except InferenceServerException as exc:
             self._pipelines.pop(name, None)
-            raise map_triton_error(exc, name) from exc
+            raise map_triton_error(exc, name, request_id) from exc
         except TimeoutError as exc:
             await self._cancel(request_id)
             raise EngineTimeout(f"Triton did not finish the {what} in {self._request_timeout_s:g} s") from exc
@@ -252,7 +259,7 @@ class TritonEngine:
                 await on_progress(float(result.as_numpy(PROGRESS_OUTPUT.name)[0]))
             return False
 
-        final = await self._stream(name, inputs, f"video-{secrets.token_hex(8)}",
+        final = await self._stream(name, inputs, triton_request_id("video"),
                                    [PROGRESS_OUTPUT.name, VIDEO_OUTPUT.name], on_response, "video")
         video = final.as_numpy(VIDEO_OUTPUT.name)
         expected = (1, params.num_frames, params.height, params.width, 3)
