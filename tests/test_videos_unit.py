@@ -462,7 +462,6 @@ def test_finished_jobs_expire_with_their_files(tmp_path: Path, launch: Launcher)
 @pytest.mark.parametrize(
     ("kwargs", "param", "code"),
     [
-        ({"model": "sora-2"}, "model", "model_not_found"),
         ({"model": "tiny-sd"}, "model", "invalid_value"),  # an image pipeline
         ({"size": "64by48"}, "size", "invalid_value"),
         ({"size": "60x48"}, "size", "invalid_value"),  # not a multiple of 8
@@ -507,6 +506,17 @@ def test_bad_requests_are_400_in_openai_shape_and_queue_nothing(
     body = refused.value.body
     assert isinstance(body, dict) and set(body) == ERROR_KEYS, body
     assert (refused.value.param, refused.value.code, body["type"]) == (param, code, "invalid_request_error"), body
+    assert [video.id for video in client.videos.list(limit=100)] == before
+
+
+def test_an_unknown_model_is_a_404_as_on_the_image_routes(client: OpenAI, engine: FakeVideoEngine) -> None:
+    before = [video.id for video in client.videos.list(limit=100)]
+    with pytest.raises(openai.NotFoundError) as refused:
+        client.videos.create(model="sora-2", prompt="a fox")
+    body = refused.value.body
+    assert isinstance(body, dict) and set(body) == ERROR_KEYS, body
+    assert (refused.value.param, refused.value.code, body["type"]) == ("model", "model_not_found",
+                                                                      "invalid_request_error"), body
     assert [video.id for video in client.videos.list(limit=100)] == before
 
 

@@ -55,7 +55,8 @@ async def resolve_video_model(engine: PipelineCatalog, requested: str | None,
         return name, await engine.served_pipeline(name)
     except ModelNotFound as exc:
         if requested:
-            raise OpenAIError(400, exc.message, param="model", code="model_not_found") from exc
+            # The same status as the image routes (ModelNotFound -> 404), as OpenAI answers an unknown model.
+            raise OpenAIError(404, exc.message, param="model", code="model_not_found") from exc
         raise
 
 
