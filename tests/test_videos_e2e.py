@@ -162,8 +162,7 @@ def test_list_remix_and_delete(client: OpenAI) -> None:
 
 @pytest.mark.parametrize(
     ("fields", "param"),
-    [({"model": "tiny-nope", "prompt": "x"}, "model"),
-     ({"model": "tiny-sd", "prompt": "x"}, "model"),  # an image model asked for video
+    [({"model": "tiny-sd", "prompt": "x"}, "model"),  # an image model asked for video
      ({"model": "tiny-animatediff", "prompt": "x", "size": "65x64"}, "size"),
      ({"model": "tiny-animatediff", "prompt": "x", "seconds": "9"}, "seconds"),  # 72 frames > 32
      ({"model": "tiny-animatediff", "prompt": "x", "extra_body": {"num_frames": 1}}, "num_frames"),
@@ -177,6 +176,13 @@ def test_bad_video_requests_are_400(client: OpenAI, fields: dict[str, Any], para
     with pytest.raises(openai.BadRequestError) as caught:
         client.videos.create(**fields)
     assert caught.value.status_code == 400 and caught.value.body["param"] == param, caught.value.body
+    assert set(caught.value.body) == {"message", "type", "param", "code"}
+
+
+def test_an_unknown_model_is_a_404_as_for_images(client: OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.videos.create(model="tiny-nope", prompt="x")
+    assert (caught.value.body["param"], caught.value.body["code"]) == ("model", "model_not_found")
     assert set(caught.value.body) == {"message", "type", "param", "code"}
 
 
