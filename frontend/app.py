@@ -10,6 +10,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import Depends, FastAPI
 
+from dgate.frontend.admission import Admission
 from dgate.frontend.assets import AssetStore
 from dgate.frontend.auth import AuthMiddleware, caller, load_keys, log_auth_mode
 from dgate.frontend.engine import Engine, TritonEngine
@@ -73,6 +74,8 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
         assets=assets,
         videos=video_service,
         keys=keys,
+        admission=Admission(settings.max_in_flight_per_pipeline, retry_after_s=settings.retry_after_s,
+                            metrics=metrics),
     )
     install_exception_handlers(app, retry_after_s=settings.retry_after_s)
     document_errors(app)

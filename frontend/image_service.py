@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 from fastapi import Request, Response
+from starlette.types import Receive, Scope, Send
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.params import GenerationParams
 from dgate.core.served_pipeline import ServedPipeline
+from dgate.frontend.admission import Slot
 from dgate.frontend.disconnect import unless_disconnected
 from dgate.frontend.engine import EditImages, ImageEngine, PartialCallback, StepCallback, resolve_model
 from dgate.frontend.errors import from_exception
@@ -125,8 +127,22 @@ async def images_response(state: AppState, request: Request, body: ImageGenerati
     )
 
 
+class _AdmittedStream(EventStreamResponse):
+    """Releases its admission slot however the response ends (finished, failed, client gone, never started)."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], slot: Slot) -> None:
+        super().__init__(events)
+        self._slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slot.release()
+
+
 def stream_images(state: AppState, request: Request, body: ImageGenerationRequest, job: ImageJob,
-                  kind: EventKind) -> EventStreamResponse:
+                  kind: EventKind, slot: Slot) -> EventStreamResponse:
     """`<kind>.partial_image` events as the pipeline previews (one per image of the request for each
     index), then one `<kind>.completed` event per final image; a failure is an `error` event."""
     output_format, compression = body.output_format or "png", body.output_compression
@@ -149,15 +165,18 @@ def stream_images(state: AppState, request: Request, body: ImageGenerationReques
                 for text in await encode_b64(images, output_format, compression)]
 
     request_id = getattr(request.state, "request_id", None)
-    return EventStreamResponse(event_stream(work, on_error=lambda exc: from_exception(
-        exc, retry_after_s=state.settings.retry_after_s, request_id=request_id)))
+    return _AdmittedStream(event_stream(work, on_error=lambda exc: from_exception(
+        exc, retry_after_s=state.settings.retry_after_s, request_id=request_id)), slot)
 
 
 async def answer(state: AppState, request: Request, body: ImageGenerationRequest, job: ImageJob,
                  kind: EventKind) -> ImagesResponse | Response:
-    """The images as one `ImagesResponse`, or as events when the request streams."""
+    """The images as one `ImagesResponse`, or as events when the request streams; a 429 at once when the
+    pipeline has its bound of requests in flight (frontend/admission.py)."""
+    slot = state.admission.admit(job.model, await state.engine.served_pipeline(job.model))
     if body.stream:
-        return stream_images(state, request, body, job, kind)
-    images = await unless_disconnected(request, job.run(state.engine))
-    state.metrics.images.labels(model=job.model).inc(len(images))
-    return await images_response(state, request, body, job.params, images)
+        return stream_images(state, request, body, job, kind, slot)
+    with slot:
+        images = await unless_disconnected(request, job.run(state.engine))
+        state.metrics.images.labels(model=job.model).inc(len(images))
+        return await images_response(state, request, body, job.params, images)

@@ -47,6 +47,16 @@ class Metrics:
         self.in_flight = Gauge(
             "dgate_frontend_requests_in_flight", "HTTP requests being answered", registry=self.registry
         )
+        # Admission control (frontend/admission.py): this replica's image requests per pipeline, and the
+        # requests refused because a pipeline's bound (kind image) or the video queue (kind video) was full.
+        self.pipeline_in_flight = Gauge(
+            "dgate_frontend_pipeline_requests_in_flight", "Image requests admitted and not yet finished",
+            ["model"], registry=self.registry,
+        )
+        self.admission_refusals = Counter(
+            "dgate_frontend_admission_refusals", "Requests refused with 429 because their pipeline or the "
+            "video queue was full", ["model", "kind"], registry=self.registry,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method=method, route=route, status=str(status)).inc()

@@ -35,7 +35,7 @@ class FrontendSettings(BaseSettings):
                                     "wrote; its oldest go first")
     max_prompt_chars: int = Field(4000, ge=1, description="longest prompt accepted, in characters")
     public_base_url: str | None = Field(None, description="absolute base of `url` links; else the request's")
-    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 answers")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 and 429 answers")
     log_level: str = Field("INFO", description="level of the JSON logs on stderr")
     lora_dir: str = Field("build/loras", description="the adapters directory (DGATE_LORA_DIR); Triton reads the same")
     lora_dirs: str | None = Field(None, description="more adapter roots, `:`-separated like PATH (absolute "
@@ -67,5 +67,11 @@ class FrontendSettings(BaseSettings):
                                        "ones collected")
     max_upload_mb: float = Field(20.0, gt=0, description="largest uploaded file (edits, variations, "
                                  "`input_reference`)")
+    max_in_flight_per_pipeline: str | None = Field(None, description="image requests one pipeline may have "
+                                                   "in flight on this replica before the next is refused (429 "
+                                                   "`pipeline_busy`): `8`, or `sd=8,flux=2`; unset: 4 x the "
+                                                   "pipeline's max_images")
+    max_queued_video_jobs: int = Field(64, ge=1, description="queued video jobs (all replicas) past which a new "
+                                       "one is refused (429 `queue_full`)")
     max_input_pixels: int = Field(4096 * 4096, ge=1, description="largest uploaded image in pixels, read "
                                   "from the header before decoding")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from dgate.frontend.admission import Admission
 from dgate.frontend.assets import AssetStore
 from dgate.frontend.auth import KeyRing
 from dgate.frontend.engine import Engine
@@ -28,6 +29,7 @@ class AppState:
     assets: AssetStore  # the shared directory of video files and `url` images
     videos: VideoService
     keys: KeyRing  # the API keys; empty: auth is off
+    admission: Admission  # this replica's image requests in flight per pipeline
 
 
 def app_state(request: Request) -> AppState:

@@ -233,6 +233,15 @@ async def test_a_deleted_job_cannot_be_claimed_or_updated(store: JobStore) -> No
     assert [job.id for job in (await store.list())[0]] == [waiting.id]
 
 
+async def test_count_queued_counts_the_jobs_waiting_for_a_worker(store: JobStore) -> None:
+    assert await store.count_queued() == 0
+    first, second, _ = await create_jobs(store, 3)
+    assert await store.count_queued() == 3
+    await store.claim("w-1", lease_s=30)
+    await store.delete(second.id)
+    assert await store.count_queued() == 1
+
+
 async def test_recover_requeues_expired_leases_then_fails_them(store: JobStore, clock: FakeClock) -> None:
     short, long, fresh = await create_jobs(store, 3)
     await store.claim("w-1", lease_s=10)

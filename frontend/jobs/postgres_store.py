@@ -154,6 +154,10 @@ class PostgresJobStore:
         rows = await self._query(self._q("SELECT * FROM {t} WHERE id = %s"), (job_id,))
         return job_from_row(rows[0]) if rows else None
 
+    async def count_queued(self) -> int:
+        rows = await self._query(self._q("SELECT COUNT(*) AS queued FROM {t} WHERE status = 'queued'"))
+        return int(rows[0]["queued"])
+
     async def list(self, *, after: str | None = None, limit: int = 20, order: ListOrder = "desc",
                    owner: str | None = None) -> tuple[list[VideoJob], bool]:
         check_list_args(limit, order)

@@ -146,6 +146,13 @@ class SQLiteJobStore:
     async def get(self, job_id: str) -> VideoJob | None:
         return await self._run(self._fetch, job_id)
 
+    async def count_queued(self) -> int:
+        def count() -> int:
+            row = self._conn.execute(f"SELECT COUNT(*) AS queued FROM {self._t} WHERE status = 'queued'").fetchone()
+            return int(row["queued"])
+
+        return await self._run(count)
+
     async def list(self, *, after: str | None = None, limit: int = 20, order: ListOrder = "desc",
                    owner: str | None = None) -> tuple[list[VideoJob], bool]:
         check_list_args(limit, order)

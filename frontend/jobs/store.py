@@ -67,6 +67,9 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> VideoJob | None: ...
 
+    async def count_queued(self) -> int:
+        """Jobs waiting for a worker (all replicas'): what the queue bound of new jobs reads."""
+
     async def list(self, *, after: str | None = None, limit: int = 20, order: ListOrder = "desc",
                    owner: str | None = None) -> tuple[list[VideoJob], bool]:
         """(page, has_more) in creation order; `after` is a job id and the page starts just after it

@@ -104,7 +104,8 @@ async def _generate(websocket: WebSocket, state: AppState) -> None:
                                     "b64_json": text})
 
     job = ImageJob(model, params, partial_images=body.partial_images or 0)
-    images = await _unless_gone(websocket, job.run(state.engine, on_step=on_step, on_partial=on_partial))
+    with state.admission.admit(model, pipeline):  # over the bound: the 429's body, then a close with 1008
+        images = await _unless_gone(websocket, job.run(state.engine, on_step=on_step, on_partial=on_partial))
     state.metrics.images.labels(model=model).inc(len(images))
     texts = await encode_b64(images, output_format, compression)
     await _send(websocket, {"type": "result", "data": {

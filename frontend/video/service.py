@@ -135,6 +135,7 @@ class VideoService:
 
     async def _enqueue(self, model: str, params: GenerationParams, interpolate: int, input_png: bytes | None,
                        remixed_from: str | None = None, owner: str | None = None) -> VideoJob:
+        await self._check_queue(model)
         job_id = new_job_id()
         input_asset = None
         if input_png is not None:  # written first: a worker never claims a job without its image
@@ -155,6 +156,18 @@ class VideoService:
         if self._pool is not None:
             self._pool.wake()
         return job
+
+    async def _check_queue(self, model: str) -> None:
+        """A 429 `queue_full` when DGATE_MAX_QUEUED_VIDEO_JOBS jobs wait already (read, then created: replicas
+        racing may pass the bound by a few)."""
+        bound = self._settings.max_queued_video_jobs
+        if await self.store.count_queued() < bound:
+            return
+        if self._metrics is not None:
+            self._metrics.admission_refusals.labels(model=model, kind="video").inc()
+        retry_after_s = self._settings.retry_after_s
+        raise OpenAIError(429, f"{bound} video jobs are queued already, the bound: retry after {retry_after_s} s",
+                          type="server_error", code="queue_full", headers={"Retry-After": str(retry_after_s)})
 
     # -- reading and deleting: `owner` set (an API key's), another owner's job is a 404 ----------------
 
