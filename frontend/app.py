@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 
 from dgate.frontend.admission import Admission
 from dgate.frontend.assets import AssetStore
-from dgate.frontend.auth import AuthMiddleware, caller, load_keys, log_auth_mode
+from dgate.frontend.auth import AuthMiddleware, Quota, caller, load_keys, log_auth_mode
 from dgate.frontend.engine import Engine, TritonEngine
 from dgate.frontend.errors import document_errors, install_exception_handlers
 from dgate.frontend.image_store import ImageStore
@@ -20,6 +20,7 @@ from dgate.frontend.logs import configure_logging
 from dgate.frontend.lora_registry import LoraRegistry
 from dgate.frontend.metrics import Metrics
 from dgate.frontend.middleware import RequestMiddleware
+from dgate.frontend.quotas import QuotaMiddleware, Quotas
 from dgate.frontend.routers import files, health, image_edits, images, loras, models, playground, videos, ws
 from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.state import AppState
@@ -47,14 +48,19 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
     assets = AssetStore(Path(settings.assets_dir))
     store = ImageStore(assets, settings.url_ttl_s, int(settings.url_store_max_mb * 2**20))
     video_service = VideoService(settings, engine, assets, store, metrics)
+    quotas = Quotas(Quota(settings.quota_requests_per_minute, settings.quota_in_flight,
+                          settings.quota_megapixels_per_day), enabled=keys.enabled, db_url=settings.jobs_db,
+                    lease_s=settings.quota_lease_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log_auth_mode(keys)  # a loud warning when auth is off
         await video_service.open()  # the job store, recovery of lost jobs, the video workers
+        await quotas.open()  # the quota tables, beside the jobs
         try:
             yield
         finally:
+            await quotas.close()
             await video_service.close()
             if triton is not None:  # an injected engine belongs to its caller
                 await triton.close()
@@ -83,6 +89,8 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
     # and route templates only), the playground page and docs (no data), and the `url` images (unguessable,
     # expiring links an <img> can load). Added first: the request middleware outside it logs the 401s.
     docs = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    app.state.quotas = quotas  # tests set its clock
+    app.add_middleware(QuotaMiddleware, quotas=quotas)  # inside auth: it reads the verified key
     app.add_middleware(AuthMiddleware, keys=keys, open_paths={"/health", "/ready", "/metrics", "/"} | {
         path for path in docs if path}, open_prefixes=("/static/", "/v1/files/"))
     app.add_middleware(RequestMiddleware, metrics=metrics)

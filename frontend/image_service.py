@@ -22,6 +22,7 @@ from dgate.frontend.disconnect import unless_disconnected
 from dgate.frontend.engine import EditImages, ImageEngine, PartialCallback, StepCallback, resolve_model
 from dgate.frontend.errors import from_exception
 from dgate.frontend.image_store import encode_batch, to_base64
+from dgate.frontend.quotas import charge_megapixels, megapixels
 from dgate.frontend.schemas import (
     ImageCompletedEvent,
     ImageData,
@@ -174,6 +175,12 @@ async def answer(state: AppState, request: Request, body: ImageGenerationRequest
     """The images as one `ImagesResponse`, or as events when the request streams; a 429 at once when the
     pipeline has its bound of requests in flight (frontend/admission.py)."""
     slot = state.admission.admit(job.model, await state.engine.served_pipeline(job.model))
+    try:  # after admission: a busy pipeline's 429 costs no quota
+        await charge_megapixels(megapixels(job.params.num_images * max(1, len(job.edits)), job.params.width,
+                                           job.params.height))
+    except BaseException:
+        slot.release()
+        raise
     if body.stream:
         return stream_images(state, request, body, job, kind, slot)
     with slot:

@@ -49,6 +49,16 @@ class FrontendSettings(BaseSettings):
     api_keys: SecretStr | None = Field(None, description="comma-separated plain API keys, each optionally "
                                        "followed by ` name=<n>` and ` role=admin` (simple setups; the file keeps "
                                        "keys hashed)")
+    # Quotas (frontend/quotas.py): defaults for keys without their own; counted in jobs_db, shared by replicas.
+    quota_requests_per_minute: int | None = Field(None, ge=1, description="requests per minute of a key without "
+                                                  "its own `requests_per_minute=`; unset: no limit")
+    quota_in_flight: int | None = Field(None, ge=1, description="requests in flight of a key without its own "
+                                        "`in_flight=`; unset: no limit")
+    quota_megapixels_per_day: float | None = Field(None, gt=0, description="megapixels per UTC day (images x "
+                                                   "width x height, video frames x width x height) of a key "
+                                                   "without its own `megapixels_per_day=`; unset: no limit")
+    quota_lease_s: float = Field(60.0, gt=0, description="an in-flight count of a replica that stopped renewing "
+                                 "it (crashed) expires after this long")
     # Videos API (durable jobs + a worker pool).
     jobs_db: str = Field("sqlite://build/jobs/jobs.db", description="job store URL: sqlite://relative/path.db, "
                          "sqlite:///absolute/path.db or postgresql://user@host:port/db (shared by replicas)")

@@ -7,7 +7,7 @@ from typing import Any
 
 from dgate.frontend.jobs.store import JobStatus, JobStore, VideoJob, new_job_id
 
-__all__ = ["JobStatus", "JobStore", "VideoJob", "new_job_id", "open_job_store"]
+__all__ = ["JobStatus", "JobStore", "VideoJob", "new_job_id", "open_job_store", "sqlite_path"]
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _SQLITE_SCHEME = "sqlite://"
@@ -22,6 +22,14 @@ async def open_job_store(url: str, **kw: Any) -> JobStore:
         from dgate.frontend.jobs.postgres_store import PostgresJobStore  # psycopg only when used
 
         return await PostgresJobStore.open(url, **kw)
+    path = sqlite_path(url)
+    from dgate.frontend.jobs.sqlite_store import SQLiteJobStore
+
+    return await asyncio.to_thread(lambda: SQLiteJobStore(path, **kw))
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a `sqlite://` URL or a bare path; ValueError for anything else."""
     if url.startswith(_SQLITE_SCHEME):
         path = url[len(_SQLITE_SCHEME):]
     elif url and "://" not in url and not url.startswith(("sqlite:", "postgres:", "postgresql:")):
@@ -31,6 +39,4 @@ async def open_job_store(url: str, **kw: Any) -> JobStore:
                          "or postgresql://user@host:port/dbname")
     if not path:
         raise ValueError(f"job store URL {url!r} names no file")
-    from dgate.frontend.jobs.sqlite_store import SQLiteJobStore
-
-    return await asyncio.to_thread(lambda: SQLiteJobStore(path, **kw))
+    return path

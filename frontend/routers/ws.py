@@ -36,6 +36,7 @@ from dgate.core.errors import InvalidRequestError
 from dgate.frontend.auth import ws_subprotocol
 from dgate.frontend.errors import OpenAIError, from_exception
 from dgate.frontend.image_service import ImageJob, blocking_denoiser, encode_b64, image_pipeline
+from dgate.frontend.quotas import charge_megapixels, megapixels
 from dgate.frontend.schemas import ImageGenerationRequest
 from dgate.frontend.state import AppState
 from dgate.frontend.uploads import parse_fields
@@ -105,6 +106,7 @@ async def _generate(websocket: WebSocket, state: AppState) -> None:
 
     job = ImageJob(model, params, partial_images=body.partial_images or 0)
     with state.admission.admit(model, pipeline):  # over the bound: the 429's body, then a close with 1008
+        await charge_megapixels(megapixels(params.num_images, params.width, params.height))
         images = await _unless_gone(websocket, job.run(state.engine, on_step=on_step, on_partial=on_partial))
     state.metrics.images.labels(model=model).inc(len(images))
     texts = await encode_b64(images, output_format, compression)

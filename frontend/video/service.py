@@ -25,6 +25,7 @@ from dgate.frontend.image_store import ImageStore, encode_image
 from dgate.frontend.jobs import JobStore, VideoJob, new_job_id, open_job_store
 from dgate.frontend.jobs.store import INTERRUPTED, ListOrder
 from dgate.frontend.metrics import Metrics
+from dgate.frontend.quotas import charge_megapixels, megapixels
 from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.video.jobs import JobRunner, WorkerPool, asset_names, delete_assets
 from dgate.frontend.video.schemas import (
@@ -136,6 +137,7 @@ class VideoService:
     async def _enqueue(self, model: str, params: GenerationParams, interpolate: int, input_png: bytes | None,
                        remixed_from: str | None = None, owner: str | None = None) -> VideoJob:
         await self._check_queue(model)
+        await charge_megapixels(megapixels(params.num_frames, params.width, params.height))
         job_id = new_job_id()
         input_asset = None
         if input_png is not None:  # written first: a worker never claims a job without its image
