@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI
 from dgate.frontend.admission import Admission
 from dgate.frontend.assets import AssetStore
 from dgate.frontend.auth import AuthMiddleware, Quota, caller, load_keys, log_auth_mode
+from dgate.frontend.body_limit import BodyLimitMiddleware
 from dgate.frontend.engine import Engine, TritonEngine
 from dgate.frontend.errors import document_errors, install_exception_handlers
 from dgate.frontend.image_store import ImageStore
@@ -24,6 +25,7 @@ from dgate.frontend.quotas import QuotaMiddleware, Quotas
 from dgate.frontend.routers import files, health, image_edits, images, loras, models, playground, videos, ws
 from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.state import AppState
+from dgate.frontend.uploads import FIELDS_BYTES
 from dgate.frontend.video.service import VideoService
 
 
@@ -91,6 +93,8 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
     docs = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
     app.state.quotas = quotas  # tests set its clock
     app.add_middleware(QuotaMiddleware, quotas=quotas)  # inside auth: it reads the verified key
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=int(settings.max_body_mb * 2**20),
+                       form_extra_bytes=int(settings.max_upload_mb * 2**20) + FIELDS_BYTES)  # inside auth
     app.add_middleware(AuthMiddleware, keys=keys, open_paths={"/health", "/ready", "/metrics", "/"} | {
         path for path in docs if path}, open_prefixes=("/static/", "/v1/files/"))
     app.add_middleware(RequestMiddleware, metrics=metrics)

@@ -169,6 +169,7 @@ _ERROR_ANSWERS = {
     "400": "Invalid request: the field is named in `param`",
     "401": "Missing or wrong API key (when keys are configured)",
     "404": "Unknown model, video or file",
+    "413": "The request body is larger than DGATE_MAX_BODY_MB (forms: plus DGATE_MAX_UPLOAD_MB)",
     "429": "Over a rate limit or quota, or the queue is full: retry after `Retry-After` seconds",
     "500": "The server or the pipeline failed (the message carries the request id)",
     "503": "The model server is not ready or the request was cancelled there: retry after `Retry-After`",

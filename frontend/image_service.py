@@ -114,7 +114,7 @@ async def images_response(state: AppState, request: Request, body: ImageGenerati
     blobs = await asyncio.to_thread(encode_batch, images, output_format, body.output_compression)
     if body.response_format == "url":
         base = (state.settings.public_base_url or str(request.base_url)).rstrip("/")
-        data = [ImageData(url=f"{base}/v1/files/{state.store.put(blob, output_format)}") for blob in blobs]
+        data = [ImageData(url=f"{base}/v1/files/{await state.store.aput(blob, output_format)}") for blob in blobs]
     else:
         data = [ImageData(b64_json=text) for text in await asyncio.to_thread(to_base64, blobs)]
     return ImagesResponse(

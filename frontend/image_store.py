@@ -8,12 +8,14 @@ applies to the files this replica wrote (other replicas' files are theirs to cap
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
 import os
 import re
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -64,7 +66,8 @@ class StoredImage:
 class ImageStore:
     """`url` images by unguessable id until they expire (see the module docstring).
 
-    `put` runs on the event loop (small files); `get` and `collect` may run in threads.
+    Every call blocks on the directory (a write, an fsync, a glob: slow on a network volume), so the
+    event loop calls `aput` and runs `get` and `collect` in threads; `put` is thread-safe.
     """
 
     def __init__(self, assets: AssetStore, ttl_s: float, max_bytes: int,
@@ -76,8 +79,18 @@ class ImageStore:
         self._mine: OrderedDict[str, int] = OrderedDict()  # file name -> bytes, in write order
         self._bytes = 0
         self._collected_at = float("-inf")
+        self._lock = threading.Lock()  # puts from several threads share this replica's byte count
+
+    async def aput(self, data: bytes, fmt: str) -> str:
+        """`put` in a worker thread, so a slow volume never stalls the event loop."""
+        return await asyncio.to_thread(self.put, data, fmt)
 
     def put(self, data: bytes, fmt: str) -> str:
+        """Blocking: store `data`, returning its id (from the event loop, call `aput`)."""
+        with self._lock:
+            return self._put(data, fmt)
+
+    def _put(self, data: bytes, fmt: str) -> str:
         now = self._clock()
         if now - self._collected_at >= COLLECT_EVERY_S:
             self.collect()

@@ -11,6 +11,9 @@ Decisions a client can see:
 - `background`: `auto`/`opaque` are accepted; `transparent` is a 400, the pipelines output RGB only.
 - `output_compression` (0..100, default 100) is the JPEG/WebP quality, 100 = least compression;
   with `png` it is a 400, as for OpenAI.
+- Every string and list field is bounded: `prompt` and `negative_prompt` by DGATE_MAX_PROMPT_CHARS,
+  names (`model`, `user`, `scheduler`, an adapter's) by MAX_NAME_CHARS, an adapter path by
+  MAX_PATH_CHARS, `lora`/`lora_scale` lists by MAX_LORAS; past one, a 400 naming the field.
 - `stream` + `partial_images` (0..3): Server-Sent Events (see `frontend/streaming.py`); partial images
   need a pipeline exported with the streaming denoiser (`streams` in its ensemble config).
 - Edits and variations are img2img (or inpainting with a mask) at `strength` (0, 1]: by default 0.8
@@ -33,6 +36,9 @@ from dgate.core.params import GenerationParams
 from dgate.core.served_pipeline import ServedPipeline
 
 OPENAI_MAX_IMAGES = 10
+MAX_NAME_CHARS = 256  # model, user, safety_identifier, scheduler and adapter names
+MAX_PATH_CHARS = 4096  # an adapter's path (PATH_MAX)
+MAX_LORAS = 8  # adapters (and lora_scale values) in one request
 SIZE_PATTERN = re.compile(r"^([1-9][0-9]{0,5})x([1-9][0-9]{0,5})$")
 Quality = Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"]
 QualityTier = Literal["low", "medium", "high", "xhigh", "max"]
@@ -60,9 +66,10 @@ class LoraObject(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, validation_alias=AliasChoices("name", "lora_name", "adapter"))
-    path: str = Field(min_length=1, validation_alias=AliasChoices("path", "local_path", "lora_path",
-                                                                  "lora_local_path"))
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS,
+                      validation_alias=AliasChoices("name", "lora_name", "adapter"))
+    path: str = Field(min_length=1, max_length=MAX_PATH_CHARS,
+                      validation_alias=AliasChoices("path", "local_path", "lora_path", "lora_local_path"))
     scale: float | None = Field(None, validation_alias=AliasChoices("scale", "lora_scale"))
 
 
@@ -87,6 +94,21 @@ def _lora_entry(value: Any, param: str) -> Any:
                                       "`name` and `path` are required)", f"{param}.{field}") from error
     if not isinstance(value, str):
         raise InvalidRequestError(f"{param} must be {LORA_SHAPES}, got {type(value).__name__}", param)
+    check_length(value, MAX_NAME_CHARS, param)
+    return value
+
+
+def check_length(value: str | None, limit: int, param: str) -> None:
+    """A 400 naming `param` when `value` is longer than `limit` characters."""
+    if value is not None and len(value) > limit:
+        raise InvalidRequestError(f"{param} is {len(value)} characters long, the maximum is {limit}", param)
+
+
+def check_scales(value: Any) -> Any:
+    """`lora_scale`: one value, or at most MAX_LORAS (one per adapter)."""
+    if isinstance(value, list) and len(value) > MAX_LORAS:
+        raise InvalidRequestError(f"lora_scale lists {len(value)} values, at most {MAX_LORAS} are accepted",
+                                  "lora_scale")
     return value
 
 
@@ -101,6 +123,8 @@ def parse_lora(value: Any) -> Any:
         except ValueError as error:
             raise InvalidRequestError(f"lora: not a valid JSON list ({error})", "lora") from error
     if isinstance(value, list):
+        if len(value) > MAX_LORAS:
+            raise InvalidRequestError(f"lora lists {len(value)} adapters, at most {MAX_LORAS} are accepted", "lora")
         return [_lora_entry(entry, f"lora.{index}") for index, entry in enumerate(value)]
     return _lora_entry(value, "lora")
 
@@ -111,7 +135,7 @@ class ImageGenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1)
-    model: str | None = None
+    model: str | None = Field(None, max_length=MAX_NAME_CHARS)
     n: int | None = Field(None, ge=1, le=OPENAI_MAX_IMAGES)
     size: str | None = None
     response_format: Literal["b64_json", "url"] | None = None
@@ -122,8 +146,8 @@ class ImageGenerationRequest(BaseModel):
     style: Literal["vivid", "natural"] | None = None
     moderation: Literal["auto", "low"] | None = None
     complexity: Literal["low", "medium", "high"] | None = None
-    user: str | None = None
-    safety_identifier: str | None = None
+    user: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    safety_identifier: str | None = Field(None, max_length=MAX_NAME_CHARS)
     stream: bool | None = Field(None, description="true: answer with Server-Sent Events")
     partial_images: int | None = Field(None, ge=0, le=3, description="previews streamed before the final "
                                        "image (stream=true; a pipeline with the streaming denoiser)")
@@ -132,8 +156,8 @@ class ImageGenerationRequest(BaseModel):
     num_inference_steps: int | None = Field(None, ge=1)
     guidance_scale: float | None = Field(None, ge=0.0)
     negative_prompt: str | None = None
-    scheduler: str | None = Field(None, description="a scheduler name from the model's `schedulers` "
-                                  "(see /v1/models); default: the model's `default_scheduler`")
+    scheduler: str | None = Field(None, max_length=MAX_NAME_CHARS, description="a scheduler name from the "
+                                  "model's `schedulers` (see /v1/models); default: the model's `default_scheduler`")
     max_sequence_length: int | None = Field(None, ge=1, description="T5 prompt tokens (pipelines with a T5 "
                                             "encoder); default: the model's `default_max_sequence_length`")
     true_cfg_scale: float | None = Field(None, ge=0.0, description="Flux: classifier-free guidance scale, "
@@ -154,6 +178,11 @@ class ImageGenerationRequest(BaseModel):
     @classmethod
     def _lora_shapes(cls, value: Any) -> Any:
         return parse_lora(value)
+
+    @field_validator("lora_scale", mode="before")
+    @classmethod
+    def _lora_scales(cls, value: Any) -> Any:
+        return check_scales(value)
 
     @field_validator("size")
     @classmethod
@@ -195,10 +224,8 @@ class ImageGenerationRequest(BaseModel):
                   default_size: tuple[int, int] | None = None, strength: float = 1.0) -> GenerationParams:
         """The ensemble inputs for this request; InvalidRequestError (with `param`) if out of limits.
         `default_size` (width, height) replaces the pipeline's when the request's size is `auto` or unset."""
-        if len(self.prompt) > max_prompt_chars:
-            raise InvalidRequestError(
-                f"prompt is {len(self.prompt)} characters long, the maximum is {max_prompt_chars}", "prompt"
-            )
+        check_length(self.prompt, max_prompt_chars, "prompt")
+        check_length(self.negative_prompt, max_prompt_chars, "negative_prompt")
         if self.size in (None, "auto"):
             width, height = default_size or (limits.default_width, limits.default_height)
         else:
@@ -257,11 +284,11 @@ class ImageVariationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = None
+    model: str | None = Field(None, max_length=MAX_NAME_CHARS)
     n: int | None = Field(None, ge=1, le=OPENAI_MAX_IMAGES)
     size: str | None = None
     response_format: Literal["b64_json", "url"] | None = None
-    user: str | None = None
+    user: str | None = Field(None, max_length=MAX_NAME_CHARS)
     # D-Gate extensions.
     prompt: str = Field(VARIATION_PROMPT, min_length=1, description="what the variation shows")
     strength: float | None = Field(None, gt=0.0, le=1.0, description="how far the image is noised; default 0.8")
@@ -269,7 +296,7 @@ class ImageVariationRequest(BaseModel):
     num_inference_steps: int | None = Field(None, ge=1)
     guidance_scale: float | None = Field(None, ge=0.0)
     negative_prompt: str | None = None
-    scheduler: str | None = None
+    scheduler: str | None = Field(None, max_length=MAX_NAME_CHARS)
     lora: LoraField = None
     lora_scale: float | list[float] | None = None
 
@@ -277,6 +304,11 @@ class ImageVariationRequest(BaseModel):
     @classmethod
     def _lora_shapes(cls, value: Any) -> Any:
         return parse_lora(value)
+
+    @field_validator("lora_scale", mode="before")
+    @classmethod
+    def _lora_scales(cls, value: Any) -> Any:
+        return check_scales(value)
 
 
 class ImageData(BaseModel):

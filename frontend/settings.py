@@ -85,3 +85,12 @@ class FrontendSettings(BaseSettings):
                                        "one is refused (429 `queue_full`)")
     max_input_pixels: int = Field(4096 * 4096, ge=1, description="largest uploaded image in pixels, read "
                                   "from the header before decoding")
+    # Request bounds (frontend/body_limit.py, the request schemas).
+    max_body_mb: float = Field(1.0, gt=0, description="largest request body (JSON, a form, a WebSocket "
+                               "request), refused with 413 while it is read; a form (multipart, urlencoded) may "
+                               "carry DGATE_MAX_UPLOAD_MB (and 1 MB of fields) beyond it")
+    max_edit_images: int = Field(16, ge=1, description="images one edit request may make: its `image[]` "
+                                 "files x `n` (a 400 naming `n` past it)")
+    ws_first_message_timeout_s: float = Field(10.0, gt=0, description="how long a /v1/ws/generate "
+                                              "connection may wait for its request message before it is "
+                                              "closed (1008, code `timeout`)")

@@ -5,7 +5,8 @@
   read too, so that what it lacks is named (`image`) rather than its content type refused.
 - Edits: one image (part `image`) or several (repeated `image[]` parts, at most 16), each edited on
   its own with the same mask and parameters (one engine call per image, run at once); `data` lists
-  each image's `n` results in input order. `stream=true` answers with `image_edit.*` events.
+  each image's `n` results in input order, at most DGATE_MAX_EDIT_IMAGES (16) images x `n` in all
+  (a 400 naming `n`). `stream=true` answers with `image_edit.*` events.
 - Variations: an edit of one image without a mask, at strength 0.8, whose prompt defaults to
   "a variation of the image" (the pipelines need a prompt: a blank one is refused by the tokenizer);
   the `prompt` extension field replaces it.
@@ -19,6 +20,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from dgate.core.errors import InvalidRequestError
 from dgate.frontend.edit_uploads import EDIT_FILES, VARIATION_FILES, edit_inputs, fit_size, image_size
 from dgate.frontend.errors import OpenAIError
 from dgate.frontend.image_service import ImageJob, answer, check_streaming, image_pipeline
@@ -71,6 +73,10 @@ async def _edit(state: AppState, request: Request, body: ImageEditRequest, image
     if not images:
         raise OpenAIError(400, "Missing required parameter: 'image' (upload the image to edit as a file)",
                           param="image", code="missing_required_parameter")
+    n = body.n or 1
+    if len(images) * n > state.settings.max_edit_images:  # each image is edited n times
+        raise InvalidRequestError(f"{len(images)} image(s) x n={n} is {len(images) * n} output images; at most "
+                                  f"{state.settings.max_edit_images} per request (DGATE_MAX_EDIT_IMAGES)", "n")
     model, pipeline = await image_pipeline(state, body.model, edits=True, masked=mask is not None)
     check_streaming(model, pipeline, body)
     max_pixels = state.settings.max_input_pixels

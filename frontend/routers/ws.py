@@ -9,6 +9,8 @@ One request per connection:
   [{"b64_json": ...}], "seed", "size", "model", "output_format", "created"}}` and closes normally (1000);
 - an error is `{"type": "error", "error": {message, type, param, code}}` (the body the HTTP route would
   have answered), then a close with 1008 for the client's error (4xx) or 1011 for the server's;
+- the request must come within DGATE_WS_FIRST_MESSAGE_TIMEOUT_S (10 s; else the error, code `timeout`,
+  and 1008) and be at most DGATE_MAX_BODY_MB (else code `request_too_large`);
 - messages after the request are ignored; a client that disconnects cancels the generation;
 - with API keys configured, the key comes as `Authorization: Bearer`, as a `Sec-WebSocket-Protocol`
   entry `openai-insecure-api-key.<key>` (offer `dgate` beside it: the server answers that one, so the
@@ -38,6 +40,7 @@ from dgate.frontend.errors import OpenAIError, from_exception
 from dgate.frontend.image_service import ImageJob, blocking_denoiser, encode_b64, image_pipeline
 from dgate.frontend.quotas import charge_megapixels, megapixels
 from dgate.frontend.schemas import ImageGenerationRequest
+from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.state import AppState
 from dgate.frontend.uploads import parse_fields
 
@@ -71,12 +74,22 @@ async def _send(websocket: WebSocket, data: dict[str, Any]) -> None:
         raise _Gone from exc
 
 
-async def _request(websocket: WebSocket) -> ImageGenerationRequest:
-    message = await websocket.receive()
+async def _request(websocket: WebSocket, settings: FrontendSettings) -> ImageGenerationRequest:
+    timeout_s = settings.ws_first_message_timeout_s
+    try:
+        message = await asyncio.wait_for(websocket.receive(), timeout_s)
+    except TimeoutError as exc:  # a silent client would hold the connection (and a slot) forever
+        raise OpenAIError(408, f"no request message within {timeout_s:g} s (DGATE_WS_FIRST_MESSAGE_TIMEOUT_S)",
+                          code="timeout") from exc
     if message["type"] == "websocket.disconnect":
         raise _Gone
+    payload = message.get("text") or message.get("bytes") or b""
+    limit = int(settings.max_body_mb * 2**20)
+    if len(payload) > limit:  # characters or bytes: either way bounded
+        raise OpenAIError(413, f"The request message is larger than the {settings.max_body_mb:g} MB allowed "
+                          "(DGATE_MAX_BODY_MB)", code="request_too_large")
     try:
-        fields = json.loads(message.get("text") or message.get("bytes") or b"")
+        fields = json.loads(payload)
     except ValueError as exc:
         raise OpenAIError(400, f"The request message is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(fields, dict):
@@ -85,7 +98,7 @@ async def _request(websocket: WebSocket) -> ImageGenerationRequest:
 
 
 async def _generate(websocket: WebSocket, state: AppState) -> None:
-    body = await _request(websocket)
+    body = await _request(websocket, state.settings)
     model, pipeline = await image_pipeline(state, body.model)
     if not pipeline.streams:
         raise blocking_denoiser(model, "progress", "model")

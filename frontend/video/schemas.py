@@ -10,6 +10,8 @@ Decisions a client can see:
   `seconds` is a 400 naming it; the pipeline's defaults fill the rest. Unknown fields are a 400.
 - `seconds` in the answer is the generated clip's length, `num_frames / fps` (OpenAI's "4" when the
   request asked for 4 seconds at a rate that divides evenly).
+- Strings are bounded as on the image routes (`frontend/schemas.py`): `prompt` and `negative_prompt` by
+  DGATE_MAX_PROMPT_CHARS, names by MAX_NAME_CHARS; past one, a 400 naming the field.
 - `interpolate` (1, 2 or 4) adds optical-flow frames after generation: `(F - 1) * k + 1` frames at
   `k * fps`, so the motion keeps its speed.
 """
@@ -29,7 +31,7 @@ from dgate.core.limits import MAX_SEED, MIN_FRAMES, check_prompt
 from dgate.core.params import DEFAULT_MOTION_BUCKET_ID, DEFAULT_NOISE_AUG_STRENGTH, GenerationParams
 from dgate.core.served_pipeline import ServedPipeline
 from dgate.frontend.jobs import JobStatus, VideoJob
-from dgate.frontend.schemas import SIZE_PATTERN
+from dgate.frontend.schemas import MAX_NAME_CHARS, SIZE_PATTERN, check_length
 from dgate.frontend.video.interpolation import FACTORS
 
 Variant = Literal["video", "thumbnail", "spritesheet"]
@@ -44,9 +46,10 @@ class VideoCreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field("", description="what the video shows; required for text-to-video pipelines")
-    model: str | None = Field(None, description="a video pipeline from /v1/models; default: the configured "
-                              "default_model if it makes videos, else the first video pipeline")
-    seconds: str | None = Field(None, description="clip length; frames = round(seconds x fps) unless "
+    model: str | None = Field(None, max_length=MAX_NAME_CHARS, description="a video pipeline from /v1/models; "
+                              "default: the configured default_model if it makes videos, else the first video "
+                              "pipeline")
+    seconds: str | None = Field(None, max_length=32, description="clip length; frames = round(seconds x fps) unless "
                                 "num_frames is given")
     size: str | None = Field(None, description="WIDTHxHEIGHT; default: the pipeline's default size")
     # Extensions (vLLM-Omni / SGLang field names).
@@ -60,7 +63,8 @@ class VideoCreateRequest(BaseModel):
     num_inference_steps: int | None = Field(None, ge=1, description="default: the pipeline's default_steps")
     guidance_scale: float | None = Field(None, ge=0.0, description="default: the pipeline's default")
     negative_prompt: str | None = None
-    scheduler: str | None = Field(None, description="a scheduler name from the model's `schedulers`")
+    scheduler: str | None = Field(None, max_length=MAX_NAME_CHARS,
+                                  description="a scheduler name from the model's `schedulers`")
     interpolate: int | None = Field(None, description="1, 2 or 4: optical-flow frames added between "
                                     "generated ones, played at fps x interpolate")
     motion_bucket_id: int | None = Field(None, description="image-to-video (SVD): more motion as it grows; "
@@ -116,6 +120,7 @@ class VideoCreateRequest(BaseModel):
         if not capabilities.takes_image:
             check_prompt(self.prompt)
         check_prompt_length(self.prompt, max_prompt_chars)
+        check_length(self.negative_prompt, max_prompt_chars, "negative_prompt")
         size_width, size_height = (limits.default_width, limits.default_height) if self.size is None else (
             int(part) for part in self.size.split("x"))
         self._check_size_pair(size_width, size_height)
