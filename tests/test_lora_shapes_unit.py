@@ -277,7 +277,7 @@ def test_unknown_names_and_scale_counts_keep_their_errors(http: httpx.Client, en
     answer = http.post("/v1/images/generations", json=generation(lora=[{"name": "fox", "path": "fox.safetensors"},
                                                                        "fox"], lora_scale=[1.0]))
     assert_error_body(answer.content, param="lora_scale", message="lora_scale has 1 values for 2 adapters")
-    answer = http.post("/v1/images/generations", json=generation(lora="/work/fox"))  # a name is never a path
+    answer = http.post("/v1/images/generations", json=generation(lora="/srv/loras/fox"))  # a name is never a path
     assert "must be relative to the adapters directory" in assert_error_body(answer.content, param="lora")["message"]
     assert engine.calls == []
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from dgate.frontend.jobs.sqlite_store import immediate_transaction
 from dgate.frontend.jobs.store import check_table_name
 
 T = TypeVar("T")
@@ -90,16 +91,8 @@ class SQLiteQuotaStore:
 
         return await asyncio.to_thread(locked)
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-            self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._conn)
 
     async def add(self, key_id: str, kind: str, window: int, amount: float, limit: float) -> float | None:
         def add() -> float | None:
