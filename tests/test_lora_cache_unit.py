@@ -9,6 +9,7 @@ must evict the least recently used adapters by bytes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -85,7 +86,7 @@ def test_factors_keep_the_dense_checks() -> None:
 def test_numpy_refit_writes_the_same_weights_from_factors_and_switches_exactly(dtype: type) -> None:
     base = base_weights(dtype)
     a, b = adapter(1), adapter(2)
-    by = {"dense": (layer_deltas("unet", a, MAP), layer_deltas("unet", b, MAP)),
+    by: dict[str, tuple[Any, Any]] = {"dense": (layer_deltas("unet", a, MAP), layer_deltas("unet", b, MAP)),
           "factors": (layer_factors("unet", a, MAP), layer_factors("unet", b, MAP))}
     written: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for kind, (da, db) in by.items():
