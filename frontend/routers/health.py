@@ -26,4 +26,7 @@ async def ready(state: State) -> dict[str, str]:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(state: State) -> Response:
+    counts = await state.videos.job_states()  # one count query per scrape: the gauge of jobs by state
+    if counts is not None:
+        state.metrics.set_job_states(counts)
     return Response(state.metrics.render(), media_type=state.metrics.content_type)

@@ -93,6 +93,7 @@ async def set_lora(body: SetLoraRequest, state: State) -> dict[str, Any]:
                 for n, p, t, s in zip(nicknames, paths, targets, strengths, strict=True)]
     report = await _check(state, model, adapters)
     state.loras.activate(model, adapters)
+    state.metrics.lora_switched(model)
     return {"status": "ok"} | _active_view(state, model) | {"report": report["adapters"]}
 
 
@@ -102,6 +103,7 @@ async def merge_lora_weights(body: MergeRequest, state: State) -> dict[str, Any]
     # pipeline's state until /v1/unmerge_lora_weights, as seed 004's fuse does.
     model = await _model(state, body.model)
     state.loras.set_merged(model, True, body.target, body.strength)
+    state.metrics.lora_switched(model)
     return {"status": "ok"} | _active_view(state, model)
 
 
@@ -110,6 +112,7 @@ async def unmerge_lora_weights(state: State, body: MergeRequest | None = None) -
     body = body or MergeRequest()
     model = await _model(state, body.model)
     state.loras.set_merged(model, False, body.target)
+    state.metrics.lora_switched(model)
     return {"status": "ok"} | _active_view(state, model)
 
 
@@ -128,8 +131,10 @@ async def load_lora(body: LoadRequest, state: State) -> dict[str, Any]:
 
 
 def _forget(state: AppState, name: str) -> None:
+    switched = state.loras.active_on(name)  # the pipelines whose active set loses it
     if not state.loras.forget(name):
         raise OpenAIError(404, f"no adapter {name!r} is loaded", param="name", code="lora_not_found")
+    state.metrics.lora_switched(*switched)
 
 
 @router.post("/v1/loras/unload", dependencies=ADMIN)

@@ -37,7 +37,7 @@ from starlette.websockets import WebSocketDisconnect
 from dgate.core.errors import InvalidRequestError
 from dgate.frontend.auth import ws_subprotocol
 from dgate.frontend.errors import OpenAIError, from_exception
-from dgate.frontend.image_service import ImageJob, blocking_denoiser, encode_b64, image_pipeline
+from dgate.frontend.image_service import ImageJob, blocking_denoiser, encode_b64, image_pipeline, image_timing
 from dgate.frontend.quotas import charge_megapixels, megapixels
 from dgate.frontend.schemas import ImageGenerationRequest
 from dgate.frontend.settings import FrontendSettings
@@ -51,6 +51,10 @@ CLIENT_ERROR, SERVER_ERROR = 1008, 1011  # policy violation; internal error
 
 class _Gone(Exception):
     """The client closed the connection."""
+
+
+class _Cancelled(BaseException):
+    """A generation whose client went away, as its record's status (`cancelled`)."""
 
 
 @router.websocket("/v1/ws/generate")
@@ -113,20 +117,31 @@ async def _generate(websocket: WebSocket, state: AppState) -> None:
         await _send(websocket, {"type": "progress", "step": done, "total": total, "progress": done / total})
 
     async def on_partial(index: int, images: np.ndarray) -> None:
-        for image_index, text in enumerate(await encode_b64(images, output_format, compression)):
+        started = time.perf_counter()
+        texts = await encode_b64(images, output_format, compression)
+        timing.add_encode(started)
+        for image_index, text in enumerate(texts):
             await _send(websocket, {"type": "partial_image", "index": index, "image_index": image_index,
                                     "b64_json": text})
 
     job = ImageJob(model, params, partial_images=body.partial_images or 0)
-    with state.admission.admit(model, pipeline):  # over the bound: the 429's body, then a close with 1008
-        await charge_megapixels(megapixels(params.num_images, params.width, params.height))
-        images = await _unless_gone(websocket, job.run(state.engine, on_step=on_step, on_partial=on_partial))
-    state.metrics.images.labels(model=model).inc(len(images))
-    texts = await encode_b64(images, output_format, compression)
-    await _send(websocket, {"type": "result", "data": {
-        "images": [{"b64_json": text} for text in texts], "seed": params.seed,
-        "size": f"{params.width}x{params.height}", "model": model, "output_format": output_format,
-        "created": int(time.time())}})
+    timing = image_timing(job)
+    try:
+        with state.admission.admit(model, pipeline):  # over the bound: the 429's body, then a close with 1008
+            await charge_megapixels(megapixels(params.num_images, params.width, params.height))
+            images = await _unless_gone(websocket, job.run(state.engine, on_step=on_step, on_partial=on_partial,
+                                                           timing=timing))
+        started = time.perf_counter()
+        texts = await encode_b64(images, output_format, compression)
+        timing.add_encode(started)
+        await _send(websocket, {"type": "result", "data": {
+            "images": [{"b64_json": text} for text in texts], "seed": params.seed,
+            "size": f"{params.width}x{params.height}", "model": model, "output_format": output_format,
+            "created": int(time.time())}})
+    except BaseException as exc:
+        timing.finish(state.metrics.record, _Cancelled() if isinstance(exc, _Gone) else exc)
+        raise
+    timing.finish(state.metrics.record)
     await websocket.close()
 
 

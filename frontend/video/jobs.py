@@ -32,7 +32,7 @@ from dgate.frontend.assets import AssetStore
 from dgate.frontend.engine import EngineError, VideoEngine
 from dgate.frontend.image_store import ImageStore
 from dgate.frontend.jobs import JobStore, VideoJob
-from dgate.frontend.metrics import Metrics
+from dgate.frontend.metrics import GenerationRecord, Metrics
 from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.video.encoding import encode_mp4, spritesheet, thumbnail
 from dgate.frontend.video.interpolation import interpolate_frames, output_fps
@@ -153,13 +153,15 @@ class JobRunner:
                 work.cancel()
 
         lease = _Lease(self._store, job.id, worker_id, self._settings.job_lease_s, stop)
-        work = asyncio.create_task(self._generate(job, lease))
+        # Queued from its creation until this claim (a requeued job: its earlier runs too).
+        record = GenerationRecord(model=job.model, kind="video", queue_s=self._clock() - job.created_at)
+        work = asyncio.create_task(self._generate(job, lease, record))
         keeper = asyncio.create_task(lease.keep_alive())
         try:
             media = await work
             names = await asyncio.to_thread(self._write, job.id, media)
             if await self._store.complete(job.id, worker_id, names, expires_at=self._expires_at()):
-                self._count(job, "completed")
+                self._count(job, "completed", record)
             elif await self._store.get(job.id) is None:  # deleted while the files were written
                 await asyncio.to_thread(delete_assets, self._assets, job.id)
             else:  # requeued: the files are the next run's to replace
@@ -169,23 +171,30 @@ class JobRunner:
             if current is not None and current.cancelling():
                 raise  # the pool is stopping: the lease runs out and recover() requeues the job
             if not lease.lost:  # cancelled from below (not by us): a failure, and the worker goes on
-                await self._fail(job, worker_id, EngineError("the generation was cancelled"))
+                await self._fail(job, worker_id, EngineError("the generation was cancelled"), record)
         except Exception as exc:
-            await self._fail(job, worker_id, exc)
+            await self._fail(job, worker_id, exc, record)
         finally:
             keeper.cancel()
             work.cancel()
 
-    async def _generate(self, job: VideoJob, lease: _Lease) -> Media:
+    async def _generate(self, job: VideoJob, lease: _Lease, record: GenerationRecord) -> Media:
         params, interpolate, input_asset = job_params(job.request)
+        record.params = params
         image = None
         if input_asset is not None:
             data = await asyncio.to_thread(self._assets.read, input_asset)
             if data is None:
                 raise EngineError(f"the input image of {job.id} is missing from the assets directory")
             image = await asyncio.to_thread(_decode_png, data)
+        started = time.perf_counter()
         frames = await self._engine.generate_video(job.model, params, image, lease.report)
-        return await asyncio.to_thread(render_media, frames, params.fps, interpolate)
+        encoding = time.perf_counter()
+        record.triton_s, record.frames = encoding - started, len(frames)
+        record.sample = frames[0] if len(frames) else None
+        media = await asyncio.to_thread(render_media, frames, params.fps, interpolate)
+        record.encode_s = time.perf_counter() - encoding
+        return media
 
     def _write(self, job_id: str, media: Media) -> dict[str, str]:
         names = asset_names(job_id)
@@ -196,18 +205,22 @@ class JobRunner:
             written[variant] = names[variant]
         return written
 
-    async def _fail(self, job: VideoJob, worker_id: str, exc: Exception) -> None:
+    async def _fail(self, job: VideoJob, worker_id: str, exc: Exception, record: GenerationRecord) -> None:
         code, message = failure_of(exc)
         logger.info("video job %s failed: %s: %s", job.id, code, message)
         try:
             if await self._store.fail(job.id, worker_id, code, message, expires_at=self._expires_at()):
-                self._count(job, "failed")
+                record.status, record.frames = code, 0
+                self._count(job, "failed", record)
         except Exception:  # the lease runs out and recover() takes the job back
             logger.exception("could not record the failure of video job %s", job.id)
 
-    def _count(self, job: VideoJob, status: str) -> None:
+    def _count(self, job: VideoJob, status: str, record: GenerationRecord) -> None:
+        """A job this worker finished: counted, and recorded from its creation until now."""
         if self._metrics is not None:
             self._metrics.video_jobs.labels(model=job.model, status=status).inc()
+            record.total_s = max(0.0, self._clock() - job.created_at)
+            self._metrics.record(record)
 
 
 def new_worker_id() -> str:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from dgate.core.limits import check_prompt
 from dgate.core.params import GenerationParams
@@ -40,6 +41,13 @@ from dgate.frontend.video.uploads import decode_reference
 
 logger = logging.getLogger(__name__)
 SYNC_POLL_S = 0.1  # how often `finished` reads the job store
+
+
+@runtime_checkable
+class CountsByStatus(Protocol):
+    """A job store that counts its jobs by status in one query."""
+
+    async def count_by_status(self) -> dict[str, int]: ...
 
 
 def not_found(video_id: str) -> OpenAIError:
@@ -170,6 +178,21 @@ class VideoService:
         retry_after_s = self._settings.retry_after_s
         raise OpenAIError(429, f"{bound} video jobs are queued already, the bound: retry after {retry_after_s} s",
                           type="server_error", code="queue_full", headers={"Retry-After": str(retry_after_s)})
+
+    async def job_states(self) -> dict[str, int] | None:
+        """Jobs by status in the store (all replicas'), for the `dgate_frontend_video_jobs` gauge: every
+        status where the store counts them in one query, else the queued ones; None while the store is
+        closed or unreachable (a scrape must not fail for it)."""
+        store = self._store
+        if store is None:
+            return None
+        try:
+            if isinstance(store, CountsByStatus):
+                return await store.count_by_status()
+            return {"queued": await store.count_queued()}
+        except Exception:
+            logger.warning("could not count the video jobs by status", exc_info=True)
+            return None
 
     # -- reading and deleting: `owner` set (an API key's), another owner's job is a 404 ----------------
 
