@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from dgate.frontend.metrics import Metrics
 from dgate.frontend.middleware import RequestMiddleware
 from dgate.frontend.quotas import QuotaMiddleware, Quotas
 from dgate.frontend.routers import files, health, image_edits, images, loras, models, playground, videos, ws
+from dgate.frontend.serving_log import ServingLog
 from dgate.frontend.settings import FrontendSettings
 from dgate.frontend.state import AppState
 from dgate.frontend.uploads import FIELDS_BYTES
@@ -47,6 +49,9 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
         engine = triton
 
     metrics = Metrics()
+    serving_log = ServingLog.from_settings(settings, metrics)  # DGATE_WANDB_PROJECT: the W&B serving log
+    if serving_log is not None:
+        metrics.sinks.append(serving_log)
     assets = AssetStore(Path(settings.assets_dir))
     store = ImageStore(assets, settings.url_ttl_s, int(settings.url_store_max_mb * 2**20))
     video_service = VideoService(settings, engine, assets, store, metrics)
@@ -57,6 +62,8 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log_auth_mode(keys)  # a loud warning when auth is off
+        if serving_log is not None:
+            serving_log.start()
         await video_service.open()  # the job store, recovery of lost jobs, the video workers
         await quotas.open()  # the quota tables, beside the jobs
         try:
@@ -64,6 +71,8 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
         finally:
             await quotas.close()
             await video_service.close()
+            if serving_log is not None:  # after the workers: their last jobs are logged too
+                await asyncio.to_thread(serving_log.close)
             if triton is not None:  # an injected engine belongs to its caller
                 await triton.close()
 

@@ -15,6 +15,8 @@ answer for any job and a restarted frontend finishes what was queued.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -94,3 +96,15 @@ class FrontendSettings(BaseSettings):
     ws_first_message_timeout_s: float = Field(10.0, gt=0, description="how long a /v1/ws/generate "
                                               "connection may wait for its request message before it is "
                                               "closed (1008, code `timeout`)")
+    # The W&B serving log (frontend/serving_log.py): off unless a project is named.
+    wandb_project: str | None = Field(None, description="W&B project of the serving log (one row per image "
+                                      "request or video job: parameters, status, latencies; no prompts); unset: "
+                                      "no log. Needs the wandb package")
+    wandb_mode: Literal["offline", "online"] = Field("offline", description="`offline` writes the run under "
+                                                     "DGATE_WANDB_DIR only (`wandb sync` uploads it); `online` "
+                                                     "sends it to W&B (needs WANDB_API_KEY)")
+    wandb_dir: str = Field("build/wandb", description="where the W&B run is written")
+    wandb_sample_every: int = Field(100, ge=0, description="log one output image every this many records (0: "
+                                    "none)")
+    wandb_queue_size: int = Field(1000, ge=1, description="records waiting for the W&B logger; past it they are "
+                                  "dropped (dgate_frontend_wandb_dropped_total), never the request slowed")
