@@ -66,9 +66,11 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
             serving_log.start()
         await video_service.open()  # the job store, recovery of lost jobs, the video workers
         await quotas.open()  # the quota tables, beside the jobs
+        await app.state.dgate.loras.open()  # the LoRA state, beside the jobs (shared by replicas)
         try:
             yield
         finally:
+            await app.state.dgate.loras.close()
             await quotas.close()
             await video_service.close()
             if serving_log is not None:  # after the workers: their last jobs are logged too

@@ -2,8 +2,10 @@
 
 Adapters themselves live in Triton's component models (refit per request); what this registry holds
 is which adapters a request without its own `lora` field runs with (seed 004's `set_lora`), and
-the nickname -> file map. It is per frontend process: replicas behind a load balancer each keep
-their own (requests that name their adapters are the same on every replica).
+the nickname -> file map. That state lives in the job database (`jobs.lora_store`), so replicas
+sharing it agree and a restart keeps it. Each request compares the cached copy's version with the
+database's (one indexed single-row read) and reloads the state only when it changed; changes run
+under the database's lock (`update`), so concurrent ones from any replica never interleave.
 
 A request's adapters come as D-Gate's names (`lora` + `lora_scale`) or vLLM-Omni's objects
 (`{name, path, scale}`); paths, here and in `set_lora` (SGLang's absolute `lora_path` included),
@@ -13,7 +15,7 @@ are checked against the adapter roots the Triton models check them against again
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -28,22 +30,9 @@ from dgate.core.lora.request import (
     parse_adapter_roots,
     resolve_adapter,
 )
+from dgate.frontend.engine import ServiceUnavailable
+from dgate.frontend.jobs.lora_store import DEFAULT_PREFIX, ActiveAdapter, Change, LoraState, LoraStore, open_lora_store
 from dgate.frontend.settings import FrontendSettings
-
-
-@dataclass(frozen=True)
-class ActiveAdapter:
-    nickname: str
-    path: str
-    strength: float
-    target: str = ALL_COMPONENTS
-    merged: bool = False
-
-    def ref(self, scale: float | None = None) -> AdapterRef:
-        return AdapterRef(self.path, self.strength if scale is None else scale, self.target)
-
-    def describe(self) -> dict[str, object]:
-        return asdict(self)
 
 
 class AdapterObject(Protocol):
@@ -67,15 +56,43 @@ def broadcast(name: str, values: object, length: int) -> list:
 
 
 class LoraRegistry:
-    def __init__(self, directory: Path, extra_roots: Sequence[Path] = ()) -> None:
+    def __init__(self, directory: Path, extra_roots: Sequence[Path] = (), db_url: str | None = None,
+                 prefix: str = DEFAULT_PREFIX) -> None:
         self.directory = directory
         self.extra_roots = tuple(extra_roots)  # absolute paths may also lie under these
-        self.loaded: dict[str, str] = {}  # nickname -> path (relative to the adapters directory, or absolute)
-        self.active: dict[str, list[ActiveAdapter]] = {}  # pipeline -> its default adapters
+        self.db_url, self.prefix = db_url, prefix  # the job database (settings.jobs_db); tests set the prefix
+        self._store: LoraStore | None = None
+        self._cached = LoraState(version=-1)  # never current: the first read loads
 
     @classmethod
     def from_settings(cls, settings: FrontendSettings) -> LoraRegistry:
-        return cls(Path(settings.lora_dir), parse_adapter_roots(settings.lora_dirs or ""))
+        return cls(Path(settings.lora_dir), parse_adapter_roots(settings.lora_dirs or ""), settings.jobs_db)
+
+    async def open(self) -> None:
+        if self._store is None and self.db_url is not None:
+            self._store = await open_lora_store(self.db_url, prefix=self.prefix)
+
+    async def close(self) -> None:
+        if self._store is not None:
+            store, self._store = self._store, None
+            await store.close()
+
+    def _open_store(self) -> LoraStore:
+        if self._store is None:
+            raise ServiceUnavailable("the LoRA registry is not open (the app is starting or stopping)")
+        return self._store
+
+    async def state(self) -> LoraState:
+        """The current state: the cached copy while its version is the database's, else read again."""
+        store = self._open_store()
+        if await store.version() != self._cached.version:
+            self._cached = await store.read()
+        return self._cached
+
+    async def update(self, change: Change) -> LoraState:
+        """Change the state under the database's lock (see `LoraStore.update`); returns the state stored."""
+        self._cached = await self._open_store().update(change)
+        return self._cached
 
     def checked_path(self, lora_path: str) -> str:
         """`lora_path` normalised, if it names an adapter under the roots (LoraError otherwise)."""
@@ -83,31 +100,32 @@ class LoraRegistry:
         resolve_adapter(self.directory, path, self.extra_roots)  # exists, under a root
         return path
 
-    def path_for(self, nickname: str, lora_path: str | None = None) -> str:
+    def path_for(self, state: LoraState, nickname: str, lora_path: str | None = None) -> str:
         """The adapter file for a nickname: the given path, a known nickname, or `<nickname>.safetensors`."""
         if not nickname:
             raise InvalidRequestError("lora_nickname must not be empty", "lora_nickname")
         if lora_path:
             return self.checked_path(lora_path)
-        if nickname in self.loaded:
-            return self.loaded[nickname]
+        if nickname in state.loaded:
+            return state.loaded[nickname]
         return adapter_path_for_name(self.directory, nickname, self.extra_roots)
 
-    def request_lora(self, model: str, names: str | AdapterObject | Sequence[str | AdapterObject] | None,
-                     scales: float | list[float] | None) -> str:
+    async def request_lora(self, model: str, names: str | AdapterObject | Sequence[str | AdapterObject] | None,
+                           scales: float | list[float] | None) -> str:
         """The `lora` input of one generation: its own adapters, else the pipeline's active set.
 
         An adapter is a name (D-Gate's) or a `{name, path, scale}` object (vLLM-Omni's): an object's
         own `scale` wins over `lora_scale`'s value for it.
         """
+        state = await self.state()
         if names is None:
             if scales is not None and not isinstance(scales, list):  # lora_scale alone rescales the active set
-                return encode_adapters(a.ref(scales) for a in self.active.get(model, []))
-            return encode_adapters(a.ref() for a in self.active.get(model, []))
+                return encode_adapters(a.ref(scales) for a in state.active.get(model, ()))
+            return encode_adapters(a.ref() for a in state.active.get(model, ()))
         listed = list(names) if isinstance(names, Sequence) and not isinstance(names, str) else [names]
         strengths = broadcast("lora_scale", 1.0 if scales is None else scales, len(listed))
         try:
-            refs = [AdapterRef(self.path_for(entry), float(scale)) if isinstance(entry, str)
+            refs = [AdapterRef(self.path_for(state, entry), float(scale)) if isinstance(entry, str)
                     else AdapterRef(self.checked_path(entry.path),
                                     float(scale if entry.scale is None else entry.scale))
                     for entry, scale in zip(listed, strengths, strict=True)]
@@ -115,36 +133,44 @@ class LoraRegistry:
             raise InvalidRequestError(error.message, "lora") from error
         return encode_adapters(refs)
 
-    def activate(self, model: str, adapters: Sequence[ActiveAdapter]) -> None:
-        if any(a.merged for a in self.active.get(model, [])):
-            raise InvalidRequestError(f"{model} has merged adapters: call /v1/unmerge_lora_weights before "
-                                      "switching adapters", "lora_nickname")
-        for adapter in adapters:
-            self.loaded[adapter.nickname] = adapter.path
-        self.active[model] = list(adapters)
 
-    def set_merged(self, model: str, merged: bool, target: str | None = None, strength: float | None = None
-                   ) -> list[ActiveAdapter]:
-        adapters = self.active.get(model, [])
-        chosen = [a for a in adapters if target in (None, ALL_COMPONENTS) or a.target in (target, ALL_COMPONENTS)]
-        if not chosen:
-            raise InvalidRequestError(f"{model} has no active adapters to {'merge' if merged else 'unmerge'}",
-                                      "target")
-        if not merged and not any(a.merged for a in chosen):
-            raise InvalidRequestError(f"{model} has no merged adapters", "target")
-        updated = [replace(a, merged=merged, strength=a.strength if strength is None or not merged else strength)
-                   if a in chosen else a for a in adapters]
-        self.active[model] = updated
-        return updated
+# --- changes: the state before -> the state after (run inside `LoraRegistry.update`) -----------------------
 
-    def forget(self, nickname: str) -> bool:
-        """Drop an adapter by nickname from the registry and from every active set."""
-        known = self.loaded.pop(nickname, None) is not None
-        for model, adapters in self.active.items():
-            kept = [a for a in adapters if a.nickname != nickname]
-            known = known or len(kept) != len(adapters)
-            self.active[model] = kept
-        return known
 
-    def active_on(self, nickname: str) -> list[str]:
-        return sorted(m for m, adapters in self.active.items() if any(a.nickname == nickname for a in adapters))
+def check_unmerged(state: LoraState, model: str) -> None:
+    if any(a.merged for a in state.active.get(model, ())):
+        raise InvalidRequestError(f"{model} has merged adapters: call /v1/unmerge_lora_weights before "
+                                  "switching adapters", "lora_nickname")
+
+
+def activate(state: LoraState, model: str, adapters: Sequence[ActiveAdapter]) -> LoraState:
+    check_unmerged(state, model)
+    loaded = {**state.loaded, **{adapter.nickname: adapter.path for adapter in adapters}}
+    return replace(state, loaded=loaded).with_active(model, tuple(adapters))
+
+
+def set_merged(state: LoraState, model: str, merged: bool, target: str | None = None,
+               strength: float | None = None) -> LoraState:
+    adapters = state.active.get(model, ())
+    chosen = [a for a in adapters if target in (None, ALL_COMPONENTS) or a.target in (target, ALL_COMPONENTS)]
+    if not chosen:
+        raise InvalidRequestError(f"{model} has no active adapters to {'merge' if merged else 'unmerge'}",
+                                  "target")
+    if not merged and not any(a.merged for a in chosen):
+        raise InvalidRequestError(f"{model} has no merged adapters", "target")
+    return state.with_active(model, tuple(
+        replace(a, merged=merged, strength=a.strength if strength is None or not merged else strength)
+        if a in chosen else a for a in adapters))
+
+
+def forget(state: LoraState, nickname: str) -> LoraState | None:
+    """Drop an adapter by nickname from the registry and from every active set (None: it is not known)."""
+    loaded = {name: path for name, path in state.loaded.items() if name != nickname}
+    active = {model: tuple(a for a in adapters if a.nickname != nickname) for model, adapters in state.active.items()}
+    if len(loaded) == len(state.loaded) and active == state.active:
+        return None
+    return replace(state, loaded=loaded, active=active)
+
+
+def active_on(state: LoraState, nickname: str) -> list[str]:
+    return sorted(m for m, adapters in state.active.items() if any(a.nickname == nickname for a in adapters))

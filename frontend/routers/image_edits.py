@@ -83,7 +83,7 @@ async def _edit(state: AppState, request: Request, body: ImageEditRequest, image
     first = await asyncio.to_thread(image_size, images[0], max_pixels=max_pixels)
     params = body.to_edit_params(pipeline.limits, max_prompt_chars=state.settings.max_prompt_chars,
                                  default_size=fit_size(first, pipeline.limits), masked=mask is not None)
-    params = replace(params, lora=state.loras.request_lora(model, body.lora, body.lora_scale))
+    params = replace(params, lora=await state.loras.request_lora(model, body.lora, body.lora_scale))
     edits = await asyncio.to_thread(edit_inputs, images, mask, (params.width, params.height), max_pixels=max_pixels)
     return await answer(state, request, body, ImageJob(model, params, edits, body.partial_images or 0),
                         "image_edit")

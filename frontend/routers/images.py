@@ -19,6 +19,6 @@ async def create_image(body: ImageGenerationRequest, request: Request, state: St
     model, pipeline = await image_pipeline(state, body.model)
     check_streaming(model, pipeline, body)
     params = body.to_params(pipeline.limits, max_prompt_chars=state.settings.max_prompt_chars)
-    params = replace(params, lora=state.loras.request_lora(model, body.lora, body.lora_scale))
+    params = replace(params, lora=await state.loras.request_lora(model, body.lora, body.lora_scale))
     return await answer(state, request, body, ImageJob(model, params, partial_images=body.partial_images or 0),
                         "image_generation")

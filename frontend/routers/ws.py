@@ -110,7 +110,7 @@ async def _generate(websocket: WebSocket, state: AppState) -> None:
         raise InvalidRequestError("WebSocket results are b64_json: response_format 'url' is not available here",
                                   "response_format")
     params = body.to_params(pipeline.limits, max_prompt_chars=state.settings.max_prompt_chars)
-    params = replace(params, lora=state.loras.request_lora(model, body.lora, body.lora_scale))
+    params = replace(params, lora=await state.loras.request_lora(model, body.lora, body.lora_scale))
     output_format, compression = body.output_format or "png", body.output_compression
 
     async def on_step(done: int, total: int) -> None:
