@@ -117,26 +117,35 @@ def cmd_frontend(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """tritonserver and the frontend as one unit: Triton is restarted when it dies (dgate/triton_supervisor.py);
+    SIGTERM drains the frontend, then stops Triton. Exit code 1 when Triton could not be started again."""
     from dgate.frontend.app import run
     from dgate.frontend.settings import FrontendSettings
     from dgate.triton_server import TritonServer
+    from dgate.triton_supervisor import TritonSupervisor
 
     ports = _ports(args)
 
     def stop_on_sigterm(_signum: int, _frame: object) -> None:
-        # uvicorn shuts down gracefully on SIGTERM, then re-raises it under the previous handler. With
-        # the default one that kills this process before the `with` block below stops tritonserver,
-        # which runs in its own session: it and its stubs would be left running, holding the ports.
+        # While Triton starts (and after the frontend returned): leave through the `finally` below, which
+        # stops tritonserver; it runs in its own session, so the default handler would leave it and its
+        # stubs running, holding the ports. While the frontend serves, uvicorn's handler drains instead.
         raise SystemExit(0)
 
     previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    server = TritonServer(args.model_repository, ports, extra_args=args.triton_arg or ())
+    supervisor = TritonSupervisor(server)
     try:
-        with TritonServer(args.model_repository, ports, extra_args=args.triton_arg or ()):
-            run(FrontendSettings(**frontend_overrides(args, ports.grpc_url)))  # returns on Ctrl-C; leaving the
-            # block stops Triton
+        server.start()
+        supervisor.start()
+        try:
+            run(FrontendSettings(**frontend_overrides(args, ports.grpc_url)), collectors=[supervisor])
+        finally:
+            supervisor.stop()
     finally:
+        server.stop()
         signal.signal(signal.SIGTERM, previous)
-    return 0
+    return 1 if supervisor.gave_up else 0
 
 
 def cmd_keys_hash(args: argparse.Namespace) -> int:
@@ -297,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_lora.add_argument("--reloads", type=int, default=5)
     bench_lora.set_defaults(func=cmd_bench_lora)
 
+    from dgate.loadtest.cli import add_parser as add_loadtest
+
+    add_loadtest(sub)
     bench_video = sub.add_parser("bench-video", help="video: served frames/s vs the diffusers pipeline in process")
     bench_video.add_argument("--model-repository", type=Path, default=Path("build/model_repository"))
     bench_video.add_argument("--model", type=Path, action="append", required=True,

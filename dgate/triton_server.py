@@ -208,7 +208,8 @@ class TritonServer:
         out = None
         if self._log_path is not None:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
-            out = open(self._log_path, "wb")  # noqa: SIM115 - the child keeps writing after we return
+            # Appended: a restarted server's log follows the crash of the one before.
+            out = open(self._log_path, "ab")  # noqa: SIM115 - the child keeps writing after we return
         try:
             # Own session: a terminal's Ctrl-C reaches only us, and we stop the server and its stubs cleanly.
             self._process = subprocess.Popen(cmd, env=binary.env(), stdin=subprocess.DEVNULL, stdout=out,
@@ -246,7 +247,10 @@ class TritonServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         proc = self._process
-        if proc is None or proc.poll() is not None:
+        if proc is None:
+            return
+        if proc.poll() is not None:  # died on its own: only its leftovers to stop
+            self.kill_leftovers()
             return
         proc.send_signal(signal.SIGTERM)  # Triton unloads models and exits gracefully on SIGTERM
         try:
@@ -255,6 +259,14 @@ class TritonServer:
             log.warning("tritonserver did not exit in %.0fs, killing it", timeout)
             _kill_group(proc)
             proc.wait()
+        self.kill_leftovers()
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL what is left of the server's process group once the server itself has exited: a
+        Python-backend stub can outlive a killed server (it ignores SIGTERM and waits on its parent)."""
+        proc = self._process
+        if proc is not None and proc.poll() is not None:
+            _kill_group(proc)
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None

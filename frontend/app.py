@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import uvicorn
 from fastapi import Depends, FastAPI
+from prometheus_client.registry import Collector
 
 from dgate.frontend.admission import Admission
 from dgate.frontend.assets import AssetStore
 from dgate.frontend.auth import AuthMiddleware, Quota, caller, load_keys, log_auth_mode
 from dgate.frontend.body_limit import BodyLimitMiddleware
+from dgate.frontend.drain import CLOSE_CONNECTIONS_S, DrainingServer, DrainMiddleware, Lifecycle
 from dgate.frontend.engine import Engine, TritonEngine
 from dgate.frontend.errors import document_errors, install_exception_handlers
 from dgate.frontend.image_store import ImageStore
@@ -108,6 +110,8 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
                        form_extra_bytes=int(settings.max_upload_mb * 2**20) + FIELDS_BYTES)  # inside auth
     app.add_middleware(AuthMiddleware, keys=keys, open_paths={"/health", "/ready", "/metrics", "/"} | {
         path for path in docs if path}, open_prefixes=("/static/", "/v1/files/"))
+    app.state.lifecycle = Lifecycle()  # requests in flight; draining after SIGTERM
+    app.add_middleware(DrainMiddleware, lifecycle=app.state.lifecycle, retry_after_s=settings.retry_after_s)
     app.add_middleware(RequestMiddleware, metrics=metrics)
     for module in (images, image_edits, ws, videos, models, files, health, loras):
         keyed = module in (images, image_edits, videos, models, loras)  # /docs shows them with the Bearer scheme
@@ -116,11 +120,15 @@ def create_app(settings: FrontendSettings | None = None, engine: Engine | None =
     return app
 
 
-def run(settings: FrontendSettings | None = None) -> None:
-    """Serve until interrupted (used by `dgate serve`)."""
+def run(settings: FrontendSettings | None = None, collectors: Sequence[Collector] = ()) -> None:
+    """Serve until stopped (used by `dgate frontend` and `dgate serve`): SIGTERM drains first
+    (frontend/drain.py), Ctrl-C stops as uvicorn does. `collectors` add series to /metrics."""
     settings = settings or FrontendSettings()
     configure_logging(settings.log_level)
+    app = create_app(settings)
+    for collector in collectors:
+        app.state.dgate.metrics.registry.register(collector)
     # Our middleware writes the access log as JSON; uvicorn's own would duplicate it as text.
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False
-    )
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=CLOSE_CONNECTIONS_S)
+    DrainingServer(config, app.state.lifecycle, settings.drain_grace_s).run()

@@ -38,6 +38,9 @@ class FrontendSettings(BaseSettings):
     max_prompt_chars: int = Field(4000, ge=1, description="longest prompt accepted, in characters")
     public_base_url: str | None = Field(None, description="absolute base of `url` links; else the request's")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 and 429 answers")
+    drain_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, how long requests in flight may take to "
+                                 "finish while new ones get 503 `shutting_down` (frontend/drain.py); keep "
+                                 "Kubernetes' terminationGracePeriodSeconds above it")
     log_level: str = Field("INFO", description="level of the JSON logs on stderr")
     lora_dir: str = Field("build/loras", description="the adapters directory (DGATE_LORA_DIR); Triton reads the same")
     lora_dirs: str | None = Field(None, description="more adapter roots, `:`-separated like PATH (absolute "

@@ -358,3 +358,29 @@ def test_asset_store_refuses_bad_names(tmp_path: Path, name: str) -> None:
         with pytest.raises(ValueError):
             call()
     assert os.listdir(tmp_path) == []
+
+
+async def test_release_requeues_a_running_job_at_once_without_counting_the_attempt(store: JobStore) -> None:
+    job, other = await create_jobs(store, 2)
+    claimed = await store.claim("w-1", lease_s=30)
+    assert claimed is not None and claimed.id == job.id
+    await store.progress(job.id, "w-1", 40, lease_s=30)
+    assert not await store.release(job.id, "w-2")  # only its worker releases it
+    assert await store.release(job.id, "w-1")
+    back = await store.get(job.id)
+    assert back is not None
+    assert (back.status, back.progress, back.worker_id, back.lease_expires_at, back.attempts) == (
+        "queued", 0, None, None, 0)
+    assert not await store.progress(job.id, "w-1", 50, lease_s=30)  # the releasing worker no longer owns it
+    again = await store.claim("w-3", lease_s=30)  # first in line again, before `other`
+    assert again is not None and (again.id, again.attempts) == (job.id, 1)
+    assert not await store.release(other.id, "w-3")  # a queued job is nobody's to release
+
+
+async def test_count_by_status_counts_every_status(store: JobStore) -> None:
+    assert await store.count_by_status() == {"queued": 0, "in_progress": 0, "completed": 0, "failed": 0}
+    first, second, _ = await create_jobs(store, 3)
+    await store.claim("w-1", lease_s=30)
+    await store.complete(first.id, "w-1", {}, expires_at=0)
+    await store.fail(second.id, None, "bad", "bad input")
+    assert await store.count_by_status() == {"queued": 1, "in_progress": 0, "completed": 1, "failed": 1}

@@ -421,6 +421,35 @@ def _claim_as_a_dead_worker(db: Path) -> str:
     return asyncio.run(claim())
 
 
+def _job_row(db: Path, video_id: str) -> Any:
+    async def get() -> Any:
+        store = await open_job_store(f"sqlite://{db}")
+        try:
+            return await store.get(video_id)
+        finally:
+            await store.close()
+
+    return asyncio.run(get())
+
+
+def test_a_stopping_replica_requeues_its_running_job_at_once(tmp_path: Path, launch: Launcher) -> None:
+    """Shutdown (a drain's end) releases the lease: the job is queued again before any lease expiry, its
+    Triton work is cancelled, the attempt is not counted, and the next replica runs it."""
+    engine = FakeVideoEngine()
+    engine.gate.clear()  # the run holds before its second step
+    _, client = launch(video_settings(tmp_path, video_workers=1, job_lease_s=600), engine)
+    video = client.videos.create(model="tiny-animatediff", prompt="interrupted by a drain")
+    wait_for(client, video.id, "in_progress")
+    launch.stop_all()
+    row = _job_row(tmp_path / "jobs.db", video.id)
+    assert (row.status, row.worker_id, row.lease_expires_at, row.attempts) == ("queued", None, None, 0)
+    assert engine.cancelled == ["interrupted by a drain"]
+
+    engine.gate.set()
+    _, client = launch(video_settings(tmp_path, video_workers=1, video_max_attempts=1), engine)
+    assert wait_for(client, video.id, "completed", "failed").status == "completed"
+
+
 @pytest.mark.parametrize(("max_attempts", "outcome"), [(2, "completed"), (1, "failed")])
 def test_job_of_a_dead_worker_is_requeued_or_fails_interrupted(
     tmp_path: Path, launch: Launcher, max_attempts: int, outcome: str

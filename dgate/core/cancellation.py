@@ -11,12 +11,17 @@ it), one empty file per cancelled request id; the denoiser removes its mark when
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
 CANCEL_DIR_ENV = "DGATE_CANCEL_DIR"
+# The request parameter that carries the client's deadline (unix time, ms) into Triton: the ensemble
+# forwards request parameters to its steps (Triton >= 23.10), so the denoiser stops at the first step
+# boundary past it, whether or not the frontend's own cancellation arrives.
+DEADLINE_PARAMETER = "dgate_deadline_ms"
 STALE_S = 3600.0  # marks of requests that never ran (or a crashed denoiser) are swept after this
 
 
@@ -53,3 +58,15 @@ class CancellationBoard:
                     mark.unlink(missing_ok=True)
             except FileNotFoundError:  # removed by its denoiser meanwhile
                 pass
+
+
+def deadline_of(parameters: str | None) -> float | None:
+    """The deadline (unix seconds) in a request's parameters (python_backend's `request.parameters()`,
+    a JSON object), or None when it carries none."""
+    try:
+        value = json.loads(parameters or "{}").get(DEADLINE_PARAMETER)
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value / 1000.0

@@ -23,6 +23,7 @@ from dgate.frontend.jobs.store import (
     ADDED_COLUMNS,
     COLUMNS,
     DEFAULT_TABLE,
+    STATUSES,
     ListOrder,
     VideoJob,
     check_list_args,
@@ -158,6 +159,10 @@ class PostgresJobStore:
         rows = await self._query(self._q("SELECT COUNT(*) AS queued FROM {t} WHERE status = 'queued'"))
         return int(rows[0]["queued"])
 
+    async def count_by_status(self) -> dict[str, int]:
+        rows = await self._query(self._q("SELECT status, COUNT(*) AS n FROM {t} GROUP BY status"))
+        return dict.fromkeys(STATUSES, 0) | {row["status"]: int(row["n"]) for row in rows}
+
     async def list(self, *, after: str | None = None, limit: int = 20, order: ListOrder = "desc",
                    owner: str | None = None) -> tuple[list[VideoJob], bool]:
         check_list_args(limit, order)
@@ -198,6 +203,10 @@ class PostgresJobStore:
             f"status = 'completed', progress = 100, completed_at = %s, expires_at = %s, assets = %s, {_RELEASE}",
             (int(self._clock()), expires_at, dump_json(assets)),
         )
+
+    async def release(self, job_id: str, worker_id: str) -> bool:
+        return await self._update_owned(
+            job_id, worker_id, f"status = 'queued', progress = 0, attempts = GREATEST(attempts - 1, 0), {_RELEASE}", ())
 
     async def fail(self, job_id: str, worker_id: str | None, code: str, message: str, *,
                    expires_at: int | None = None) -> bool:

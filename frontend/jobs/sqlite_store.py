@@ -24,6 +24,7 @@ from dgate.frontend.jobs.store import (
     ADDED_COLUMNS,
     COLUMNS,
     DEFAULT_TABLE,
+    STATUSES,
     ListOrder,
     VideoJob,
     check_list_args,
@@ -159,6 +160,13 @@ class SQLiteJobStore:
 
         return await self._run(count)
 
+    async def count_by_status(self) -> dict[str, int]:
+        def count() -> dict[str, int]:
+            rows = self._conn.execute(f"SELECT status, COUNT(*) AS n FROM {self._t} GROUP BY status").fetchall()
+            return dict.fromkeys(STATUSES, 0) | {row["status"]: int(row["n"]) for row in rows}
+
+        return await self._run(count)
+
     async def list(self, *, after: str | None = None, limit: int = 20, order: ListOrder = "desc",
                    owner: str | None = None) -> tuple[list[VideoJob], bool]:
         check_list_args(limit, order)
@@ -227,6 +235,11 @@ class SQLiteJobStore:
             "worker_id = NULL, lease_expires_at = NULL",
             (int(self._now()), expires_at, dump_json(assets)),
         )
+
+    async def release(self, job_id: str, worker_id: str) -> bool:
+        return await self._run(self._update_owned, job_id, worker_id,
+                               "status = 'queued', progress = 0, attempts = MAX(attempts - 1, 0), "
+                               "worker_id = NULL, lease_expires_at = NULL", ())
 
     async def fail(self, job_id: str, worker_id: str | None, code: str, message: str, *,
                    expires_at: int | None = None) -> bool:

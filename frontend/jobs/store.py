@@ -70,6 +70,9 @@ class JobStore(Protocol):
     async def count_queued(self) -> int:
         """Jobs waiting for a worker (all replicas'): what the queue bound of new jobs reads."""
 
+    async def count_by_status(self) -> dict[str, int]:
+        """Jobs by status (all replicas'), every status present (0 included): the gauge of /metrics."""
+
     async def list(self, *, after: str | None = None, limit: int = 20, order: ListOrder = "desc",
                    owner: str | None = None) -> tuple[list[VideoJob], bool]:
         """(page, has_more) in creation order; `after` is a job id and the page starts just after it
@@ -83,6 +86,10 @@ class JobStore(Protocol):
 
     async def complete(self, job_id: str, worker_id: str, assets: dict[str, str], expires_at: int) -> bool:
         """Status completed, progress 100, completed_at now; False if the job is no longer this worker's."""
+
+    async def release(self, job_id: str, worker_id: str) -> bool:
+        """A running job back to the queue at once (its replica is shutting down): not counted as an
+        attempt, lease released; False if the job is no longer this worker's."""
 
     async def fail(self, job_id: str, worker_id: str | None, code: str, message: str, *,
                    expires_at: int | None = None) -> bool:

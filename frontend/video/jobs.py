@@ -7,7 +7,7 @@ names the worker, so a job deleted (DELETE) or requeued (lease lost) while it ru
 next progress report or lease renewal, and the engine call is cancelled, which cancels the Triton
 stream. A replica that dies keeps its leases until they expire: `recover()`, run at startup and every
 `video_maintenance_s` by every replica, requeues those jobs, or fails them as `interrupted` after
-`video_max_attempts` claims. Nothing is released at shutdown for the same reason.
+`video_max_attempts` claims. A replica that stops cleanly (SIGTERM) requeues its running jobs at once.
 """
 
 from __future__ import annotations
@@ -169,7 +169,11 @@ class JobRunner:
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
-                raise  # the pool is stopping: the lease runs out and recover() requeues the job
+                # The pool is stopping (a drain, a shutdown): the job goes back to the queue now, for
+                # another replica or the next start, instead of waiting for its lease to run out.
+                work.cancel()
+                await asyncio.shield(self._release(job, worker_id))
+                raise
             if not lease.lost:  # cancelled from below (not by us): a failure, and the worker goes on
                 await self._fail(job, worker_id, EngineError("the generation was cancelled"), record)
         except Exception as exc:
@@ -204,6 +208,13 @@ class JobRunner:
             self._assets.write(names[variant], data)
             written[variant] = names[variant]
         return written
+
+    async def _release(self, job: VideoJob, worker_id: str) -> None:
+        try:
+            if await self._store.release(job.id, worker_id):
+                logger.info("video job %s requeued: this replica is stopping", job.id)
+        except Exception:  # the lease runs out and recover() takes the job back
+            logger.exception("could not requeue video job %s", job.id)
 
     async def _fail(self, job: VideoJob, worker_id: str, exc: Exception, record: GenerationRecord) -> None:
         code, message = failure_of(exc)
