@@ -5,6 +5,7 @@ component models)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy.typing as npt
 import torch
 import triton_python_backend_utils as pb_utils
 
-from dgate.core.cancellation import CancellationBoard
+from dgate.core.cancellation import CancellationBoard, deadline_of
 from dgate.core.device import as_numpy
 from dgate.core.engines import Placement
 from dgate.core.families import family_of
@@ -71,7 +72,9 @@ class DenoiserModel:
         """True once the request is cancelled: Triton's own flag does not reach an ensemble step while it
         runs (server#6739), so also the mark dgate_cancel posts for its request id."""
         request_id = request.request_id()
-        return lambda: request.is_cancelled() or self.cancellations.is_cancelled(request_id)
+        deadline = deadline_of(request.parameters())  # the client's deadline, when the frontend sent one
+        return lambda: (request.is_cancelled() or self.cancellations.is_cancelled(request_id)
+                        or (deadline is not None and time.time() > deadline))
 
     def component_request(self, component: str, inputs: Arrays, lora: str) -> Any:
         """One BLS request to a component model of this pipeline: host arrays as they are, GPU tensors

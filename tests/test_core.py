@@ -319,6 +319,15 @@ def test_video_limits_come_from_the_pipelines(specs: dict) -> None:
                                          video=specs["tiny-sd"].capabilities.is_video)
 
 
+def test_deadline_parameter_is_read_from_the_request_parameters() -> None:
+    from dgate.core.cancellation import DEADLINE_PARAMETER, deadline_of
+
+    assert deadline_of(f'{{"{DEADLINE_PARAMETER}": 1700000000500}}') == 1700000000.5
+    for absent in (None, "", "{}", '{"other": 1}', "not json", "[1]", f'{{"{DEADLINE_PARAMETER}": "soon"}}',
+                   f'{{"{DEADLINE_PARAMETER}": true}}'):
+        assert deadline_of(absent) is None, absent
+
+
 def test_cancellation_board_marks_clears_and_sweeps(tmp_path: Path) -> None:
     from dgate.core.cancellation import CancellationBoard
 

@@ -193,6 +193,34 @@ def test_inpaint_through_triton_equals_diffusers(client: OpenAI, tiny_models: di
     assert np.abs(served[~keep].astype(int) - image[~keep].astype(int)).mean() > 20  # the masked area is repainted
 
 
+def test_the_deadline_a_request_carries_stops_the_denoiser_in_triton(triton: Any) -> None:
+    """The frontend sends its deadline as a request parameter; the ensemble forwards it to the denoiser,
+    which stops at the first step past it, even when no cancellation reaches Triton (here: none is sent)."""
+    from dgate.core.cancellation import DEADLINE_PARAMETER
+
+    client = grpcclient.InferenceServerClient(triton.ports.grpc_url)
+    responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    before = unet_stats(triton.ports.grpc_url, f"{ASYNC_SD}_unet")[0]
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        values = DEFAULTS | {"num_inference_steps": 100}
+        client.async_stream_infer(ASYNC_SD, infer_inputs(grpcclient, values, tensors=request_tensors("image")),
+                                  request_id=f"test-{secrets.token_hex(4)}", outputs=[
+                                      grpcclient.InferRequestedOutput(name) for name in OUTPUTS],
+                                  parameters={DEADLINE_PARAMETER: int((time.time() + 1.0) * 1000)})
+        while True:
+            result, error = responses.get(timeout=60)
+            if error is not None:
+                break
+            assert result.as_numpy("images") is None, "the request ran to its end past its deadline"
+    finally:
+        client.stop_stream()
+        client.close()
+    assert "cancelled" in error.message()
+    steps = (unet_stats(triton.ports.grpc_url, f"{ASYNC_SD}_unet")[0] - before) / 2  # two CFG rows a step
+    assert 0 < steps < 100, steps
+
+
 def test_an_sse_client_that_disconnects_stops_the_unet(triton: Any, frontend: str) -> None:
     import httpx
 

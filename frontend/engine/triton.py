@@ -10,14 +10,18 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
+from tritonclient.grpc._utils import get_error_grpc
 from tritonclient.utils import InferenceServerException
 
+from dgate.core.cancellation import DEADLINE_PARAMETER
 from dgate.core.errors import InvalidRequestError
 from dgate.core.params import GenerationParams
 from dgate.core.served_pipeline import ServedPipeline
@@ -187,6 +191,11 @@ class TritonEngine:
         final = await self._stream(name, inputs, request_id, [t.name for t in outputs], on_response, "images")
         return check_images(final.as_numpy(ENSEMBLE_OUTPUT.name), params)
 
+    def _deadline(self) -> dict[str, int]:
+        """The request's deadline for Triton: the denoiser stops at the first step past it, so work ends
+        there too when the frontend's own cancellation cannot reach it (the frontend gone, a lost stream)."""
+        return {DEADLINE_PARAMETER: int((time.time() + self._request_timeout_s) * 1000)}
+
     async def _infer_images(self, name: str, inputs: list[Any], request_id: str) -> np.ndarray:
         try:
             result = await self.client.infer(
@@ -195,6 +204,7 @@ class TritonEngine:
                 outputs=[grpcclient.InferRequestedOutput(ENSEMBLE_OUTPUT.name)],
                 client_timeout=self._request_timeout_s,
                 request_id=request_id,
+                parameters=self._deadline(),
             )
         except asyncio.CancelledError:  # the HTTP client went away: stop the denoiser too
             await asyncio.shield(self._cancel(request_id))
@@ -215,7 +225,7 @@ class TritonEngine:
         Cancelling the awaiting task (client gone, job deleted, shutdown) cancels the request in Triton."""
 
         async def requests() -> AsyncIterator[dict]:
-            yield {"model_name": name, "inputs": inputs, "request_id": request_id,
+            yield {"model_name": name, "inputs": inputs, "request_id": request_id, "parameters": self._deadline(),
                    "outputs": [grpcclient.InferRequestedOutput(output) for output in outputs]}
 
         stream = self.client.stream_infer(requests())
@@ -229,6 +239,9 @@ class TritonEngine:
         except InferenceServerException as exc:
             self._pipelines.pop(name, None)
             raise map_triton_error(exc, name, request_id) from exc
+        except grpc.RpcError as exc:  # the stream's own failure (Triton gone: UNAVAILABLE), not wrapped by tritonclient
+            self._pipelines.pop(name, None)
+            raise map_triton_error(get_error_grpc(exc), name, request_id) from exc
         except TimeoutError as exc:
             await self._cancel(request_id)
             raise EngineTimeout(f"Triton did not finish the {what} in {self._request_timeout_s:g} s") from exc
