@@ -206,13 +206,16 @@ class TritonEngine:
                 request_id=request_id,
                 parameters=self._deadline(),
             )
-        except asyncio.CancelledError:  # the HTTP client went away: stop the denoiser too
-            await asyncio.shield(self._cancel(request_id))
-            raise
         except InferenceServerException as exc:
             # The model may have been reloaded with other limits (or removed): re-read them next time.
             self._pipelines.pop(name, None)
-            raise map_triton_error(exc, name, request_id) from exc
+            error = map_triton_error(exc, name, request_id)
+            if isinstance(error, EngineTimeout):  # the client's deadline: the request may still run there
+                await asyncio.shield(self._cancel(request_id))
+            raise error from exc
+        except BaseException:  # the HTTP client went away (cancelled), or anything else: stop the denoiser
+            await asyncio.shield(self._cancel(request_id))
+            raise
         images = result.as_numpy(ENSEMBLE_OUTPUT.name)
         if images is None:
             raise EngineError(f"pipeline '{name}' returned no '{ENSEMBLE_OUTPUT.name}' output")
@@ -236,17 +239,17 @@ class TritonEngine:
                         raise error
                     if await on_response(result):
                         return result
-        except InferenceServerException as exc:
+        except InferenceServerException as exc:  # Triton ended the request with an error: nothing runs there
             self._pipelines.pop(name, None)
             raise map_triton_error(exc, name, request_id) from exc
         except grpc.RpcError as exc:  # the stream's own failure (Triton gone: UNAVAILABLE), not wrapped by tritonclient
             self._pipelines.pop(name, None)
             raise map_triton_error(get_error_grpc(exc), name, request_id) from exc
         except TimeoutError as exc:
-            await self._cancel(request_id)
-            raise EngineTimeout(f"Triton did not finish the {what} in {self._request_timeout_s:g} s") from exc
-        except asyncio.CancelledError:
             await asyncio.shield(self._cancel(request_id))
+            raise EngineTimeout(f"Triton did not finish the {what} in {self._request_timeout_s:g} s") from exc
+        except BaseException:  # the client went away (cancelled), a failing callback (an encoder), anything:
+            await asyncio.shield(self._cancel(request_id))  # the denoiser stops within a step
             raise
         finally:
             stream.cancel()
