@@ -57,7 +57,18 @@ browser:
 
 .PHONY: browser
 
-test: install postgres browser
+# The monitoring tests (tests/test_monitoring.py) run promtool and a real Prometheus server: install
+# Debian's prometheus package (server and promtool) when missing.
+prometheus:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "Prometheus is missing and installing it needs root or sudo: apt-get install prometheus" >&2; exit 1; fi; \
+	  $$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y --no-install-recommends prometheus; }
+
+.PHONY: prometheus
+
+test: install postgres browser prometheus
 	$(BIN)/ruff check .
 	PYTHON=$(BIN)/python .ci/typecheck
 	$(BIN)/python -m pytest -v -rA
@@ -79,6 +90,14 @@ serve: $(REPOSITORY)/.exported
 BENCH_MODEL ?= tiny-sd
 bench: $(REPOSITORY)/.exported
 	$(BIN)/dgate bench --model-repository $(REPOSITORY) --model $(MODELS)/$(BENCH_MODEL)
+
+# Prometheus (UI and API on MONITOR_LISTEN) against `make serve` in another terminal: Triton's metrics on
+# :8002, the frontend on :9000, the alert rules of monitoring/alerts.yml; its data under build/prometheus.
+MONITOR_LISTEN ?= 127.0.0.1:9090
+monitor: install prometheus
+	$(BIN)/python -m dgate.monitor --config monitoring/prometheus.yml --listen $(MONITOR_LISTEN) --data build/prometheus
+
+.PHONY: monitor
 
 lint: install
 	$(BIN)/ruff check .
