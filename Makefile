@@ -75,7 +75,7 @@ test: install postgres browser prometheus
 
 # Without the e2e tier (tritonserver, the exported session repository) and the slow one (training,
 # calibration, evaluation runs): see the markers in tests/conftest.py.
-test-fast: install postgres browser
+test-fast: install postgres browser prometheus
 	$(BIN)/python -m pytest -m "not e2e and not slow"
 
 $(REPOSITORY)/.exported: $(VENV)/.installed
