@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from dgate.frontend.jobs.store import JobStatus, JobStore, VideoJob, new_job_id
 
-__all__ = ["JobStatus", "JobStore", "VideoJob", "new_job_id", "open_job_store", "sqlite_path"]
+__all__ = ["JobStatus", "JobStore", "VideoJob", "new_job_id", "open_beside_jobs", "open_job_store", "sqlite_path"]
+
+T = TypeVar("T")
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _SQLITE_SCHEME = "sqlite://"
@@ -40,3 +43,12 @@ def sqlite_path(url: str) -> str:
     if not path:
         raise ValueError(f"job store URL {url!r} names no file")
     return path
+
+
+async def open_beside_jobs(url: str, postgres: Callable[[str], Awaitable[T]], sqlite: Callable[[str], T]) -> T:
+    """A store that keeps its tables in the job database (quotas, the LoRA state): `postgres(url)` for a
+    PostgreSQL URL, else `sqlite(path)` (off the event loop) for the file of the job store's URL forms."""
+    if url.startswith(_POSTGRES_SCHEMES):
+        return await postgres(url)
+    path = sqlite_path(url)
+    return await asyncio.to_thread(sqlite, path)

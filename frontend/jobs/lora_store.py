@@ -252,9 +252,7 @@ class PostgresLoraStore:
 
 async def open_lora_store(url: str, *, prefix: str = DEFAULT_PREFIX) -> LoraStore:
     """The LoRA state in the job store's database (`jobs_db`'s URL forms, see `open_job_store`)."""
-    from dgate.frontend.jobs import sqlite_path  # the same URL rules as the job store
+    from dgate.frontend.jobs import open_beside_jobs  # the same URL rules as the job store
 
-    if url.startswith(("postgresql://", "postgres://")):
-        return await PostgresLoraStore.open(url, prefix=prefix)
-    path = sqlite_path(url)
-    return await asyncio.to_thread(lambda: SQLiteLoraStore(path, prefix=prefix))
+    return await open_beside_jobs(url, lambda u: PostgresLoraStore.open(u, prefix=prefix),
+                                  lambda path: SQLiteLoraStore(path, prefix=prefix))

@@ -216,9 +216,7 @@ class PostgresQuotaStore:
 
 async def open_quota_store(url: str, *, prefix: str = DEFAULT_PREFIX) -> QuotaStore:
     """The quota tables in the job store's database (`jobs_db`'s URL forms, see `open_job_store`)."""
-    from dgate.frontend.jobs import sqlite_path  # the same URL rules as the job store
+    from dgate.frontend.jobs import open_beside_jobs  # the same URL rules as the job store
 
-    if url.startswith(("postgresql://", "postgres://")):
-        return await PostgresQuotaStore.open(url, prefix=prefix)
-    path = sqlite_path(url)
-    return await asyncio.to_thread(lambda: SQLiteQuotaStore(path, prefix=prefix))
+    return await open_beside_jobs(url, lambda u: PostgresQuotaStore.open(u, prefix=prefix),
+                                  lambda path: SQLiteQuotaStore(path, prefix=prefix))
