@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,18 +30,12 @@ def test_frontend_does_not_import_torch(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile.triton", "Dockerfile.frontend"])
-def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
-    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    result = subprocess.run([hadolint, str(ROOT / dockerfile)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_cli_lists_every_subcommand() -> None:
     result = subprocess.run([str(Path(sys.executable).parent / "dgate"), "--help"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0
-    for command in ("tiny", "export", "triton", "serve", "frontend", "bench", "calibrate", "bench-quant", "eval"):
+    for command in ("tiny", "export", "triton", "serve", "frontend", "bench", "calibrate", "bench-quant", "eval",
+                    "loadtest", "keys"):
         assert command in result.stdout
 
 
