@@ -26,9 +26,18 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dgate.core.errors import InvalidRequestError
 from dgate.core.limits import MAX_SEED, GenerationLimits, check_prompt
@@ -73,7 +82,6 @@ class LoraObject(BaseModel):
     scale: float | None = Field(None, validation_alias=AliasChoices("scale", "lora_scale"))
 
 
-LoraField = str | LoraObject | list[str | LoraObject] | None
 LORA_SHAPES = "an adapter name, a {name, path, scale} object or a list of them"
 
 
@@ -129,6 +137,11 @@ def parse_lora(value: Any) -> Any:
     return _lora_entry(value, "lora")
 
 
+# The request fields of adapters, checked the same way on every route that takes them.
+LoraField = Annotated[str | LoraObject | list[str | LoraObject] | None, BeforeValidator(parse_lora)]
+LoraScaleField = Annotated[float | list[float] | None, BeforeValidator(check_scales)]
+
+
 class ImageGenerationRequest(BaseModel):
     """Body of `POST /v1/images/generations`: OpenAI's fields plus D-Gate's diffusion extensions."""
 
@@ -165,7 +178,7 @@ class ImageGenerationRequest(BaseModel):
     lora: LoraField = Field(None, description="adapter name(s) from the adapters directory or set with "
                             "/v1/set_lora, or vLLM-Omni's {name, path, scale} object(s); default: the model's "
                             "active adapters")
-    lora_scale: float | list[float] | None = Field(None, description="strength of each adapter (one value "
+    lora_scale: LoraScaleField = Field(None, description="strength of each adapter (one value "
                                                    "is used for all)")
 
     @field_validator("prompt")
@@ -174,15 +187,6 @@ class ImageGenerationRequest(BaseModel):
         check_prompt(value)  # the same rule as the tokenizer model's
         return value
 
-    @field_validator("lora", mode="before")
-    @classmethod
-    def _lora_shapes(cls, value: Any) -> Any:
-        return parse_lora(value)
-
-    @field_validator("lora_scale", mode="before")
-    @classmethod
-    def _lora_scales(cls, value: Any) -> Any:
-        return check_scales(value)
 
     @field_validator("size")
     @classmethod
@@ -298,17 +302,8 @@ class ImageVariationRequest(BaseModel):
     negative_prompt: str | None = None
     scheduler: str | None = Field(None, max_length=MAX_NAME_CHARS)
     lora: LoraField = None
-    lora_scale: float | list[float] | None = None
+    lora_scale: LoraScaleField = None
 
-    @field_validator("lora", mode="before")
-    @classmethod
-    def _lora_shapes(cls, value: Any) -> Any:
-        return parse_lora(value)
-
-    @field_validator("lora_scale", mode="before")
-    @classmethod
-    def _lora_scales(cls, value: Any) -> Any:
-        return check_scales(value)
 
 
 class ImageData(BaseModel):
