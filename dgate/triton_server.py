@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dgate.core.lora.request import LORA_DIR_ENV, LORA_DIRS_ENV, adapters_dir, extra_adapter_roots
+from dgate.process_group import group_members, shm_regions
 
 log = logging.getLogger(__name__)
 
@@ -262,11 +263,19 @@ class TritonServer:
         self.kill_leftovers()
 
     def kill_leftovers(self) -> None:
-        """SIGKILL what is left of the server's process group once the server itself has exited: a
-        Python-backend stub can outlive a killed server (it ignores SIGTERM and waits on its parent)."""
+        """SIGKILL what is left of the server's process group once the server itself has exited (a
+        Python-backend stub can outlive a killed server: it ignores SIGTERM and waits on its parent),
+        and unlink the shared-memory regions those stubs mapped, which a killed server leaves behind."""
         proc = self._process
-        if proc is not None and proc.poll() is not None:
-            _kill_group(proc)
+        if proc is None or proc.poll() is None:
+            return
+        regions = shm_regions(group_members(proc.pid))
+        _kill_group(proc)
+        for region in regions:
+            region.unlink(missing_ok=True)
+        if regions:
+            log.warning("removed %d shared-memory region(s) of the stopped tritonserver (pid %d)", len(regions),
+                        proc.pid)
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None

@@ -38,6 +38,7 @@ def _run(fault_repository: Path, tmp_path: Path, fault: str) -> FaultRun:
     assert unplanned(run) == {}, run.summary()
     assert run.load.longest_s() < PLAN.deadline_s  # nothing hung
     assert run.leftovers == [], f"processes of the stopped tritonserver still run: {run.leftovers}"
+    assert run.leaked_regions == [], f"shared-memory regions of the stopped tritonserver left: {run.leaked_regions}"
     return run
 
 

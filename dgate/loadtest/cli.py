@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                            fault_share=args.fault_share, env=env)
         print(result.summary(), flush=True)
         problems = unplanned(result)
-        if problems or result.leftovers or (fault == "sigterm" and result.exit_code != 0):
+        if problems or result.leftovers or result.leaked_regions or (fault == "sigterm" and result.exit_code != 0):
             failed = True
             print(f"  FAILED: {problems or ''} leftovers={result.leftovers} exit={result.exit_code}", flush=True)
     return 1 if failed else 0

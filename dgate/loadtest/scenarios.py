@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dgate.loadtest import Fault
-from dgate.loadtest.serve_process import ServeProcess, group_members
+from dgate.loadtest.serve_process import ServeProcess
 from dgate.loadtest.traffic import LoadPlan, LoadReport, Outcome, run_load
+from dgate.process_group import group_members, shm_regions
 
 
 @dataclass
@@ -33,6 +34,7 @@ class FaultRun:
     exit_code: int | None = None  # sigterm
     exit_s: float | None = None  # sigterm: SIGTERM -> exit
     leftovers: list[int] = field(default_factory=list)  # live processes of the old tritonserver's group
+    leaked_regions: list[str] = field(default_factory=list)  # its /dev/shm regions still there after the run
 
     def finished_after_fault(self) -> int:
         """`ok` answers that ended after the fault: requests in flight at a SIGTERM that were let finish."""
@@ -51,7 +53,8 @@ class FaultRun:
             lines.append(f"  after recovery: {self.after_recovery.summary()}")
         if self.exit_s is not None:
             lines.append(f"  exit code {self.exit_code} {self.exit_s:.1f} s after SIGTERM")
-        lines.append(f"  processes of the old tritonserver left: {len(self.leftovers)}")
+        lines.append(f"  processes of the old tritonserver left: {len(self.leftovers)}; its shared-memory "
+                     f"regions left: {len(self.leaked_regions)}")
         return "\n".join(lines)
 
 
@@ -63,6 +66,7 @@ class _Trigger:
         self.serve, self.fault, self.at, self.t0 = serve, fault, at, t0
         self.fired_at: float | None = None
         self.triton_pid: int | None = None
+        self.regions: set[Path] = set()  # the old server's /dev/shm regions, read just before the fault
         self.recovery_s: float | None = None
         self.exit_code: int | None = None
         self.exit_s: float | None = None
@@ -73,6 +77,8 @@ class _Trigger:
         self._answers += 1
         if self._answers == self.at and self.fault != "none":
             self.fired_at = time.monotonic() - self.t0
+            triton = self.serve.triton_pid()
+            self.regions = shm_regions(group_members(triton)) if triton is not None else set()
             if self.fault == "kill-triton":
                 self.triton_pid = self.serve.kill_triton()
                 self.thread = threading.Thread(target=self._await_recovery, daemon=True)
@@ -116,6 +122,7 @@ def run_fault(repository: Path, work_dir: Path, plan: LoadPlan, fault: Fault = "
         if trigger.triton_pid is not None:
             time.sleep(0.5)  # kill-triton: the supervisor reaped the group when it saw the exit
             run.leftovers = group_members(trigger.triton_pid)
+            run.leaked_regions = sorted(str(region) for region in trigger.regions if region.exists())
         return run
     finally:
         serve.stop()

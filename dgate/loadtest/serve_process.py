@@ -1,9 +1,9 @@
 """`dgate serve` as a child process, with the faults a load run injects into it: tritonserver killed
 (`kill -9`, as the OOM killer does) and SIGTERM to `dgate serve` (a pod's termination).
 
-Processes are found through /proc (Linux): the tritonserver is the child of `dgate serve` named
-`tritonserver`, and it leads its own process group (the Python-backend stubs are in it), so what is
-left of a killed server is every process whose group is the dead server's pid.
+Processes are found through /proc (Linux, dgate/process_group.py): the tritonserver is the child of
+`dgate serve` named `tritonserver`, and it leads its own process group (the Python-backend stubs are
+in it), so what is left of a killed server is every process whose group is the dead server's pid.
 """
 
 from __future__ import annotations
@@ -17,37 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from dgate.process_group import command_name, group_members, is_zombie, parent_of, pids
 from dgate.triton_server import TritonPorts, free_ports
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name: [state, ppid, pgrp, ...]."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
-def _command_name(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _pids() -> list[int]:
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group."""
-    members = []
-    for pid in _pids():
-        fields = _stat(pid)
-        if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(pid)
-    return members
 
 
 def _frontend_port() -> int:
@@ -111,10 +82,8 @@ class ServeProcess:
         """The running tritonserver child of this `dgate serve`."""
         if self.process is None:
             return None
-        for pid in _pids():
-            fields = _stat(pid)
-            if fields is not None and int(fields[1]) == self.process.pid and _command_name(pid) == "tritonserver" \
-                    and fields[0] != "Z":
+        for pid in pids():
+            if parent_of(pid) == self.process.pid and command_name(pid) == "tritonserver" and not is_zombie(pid):
                 return pid
         return None
 
