@@ -7,6 +7,7 @@ One OpenAI request becomes ONE Triton request to the pipeline's ensemble carryin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -78,6 +79,16 @@ CHANNEL_ARGS = [
     ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
+
+
+async def _end(stream: Any, timeout_s: float = 1.0) -> None:
+    """Let a stream whose final response came end as Triton ends it (it closes the call once the request
+    is released) rather than cancel it mid-close: cancelled calls left Triton's ensemble unable to
+    unload at shutdown, holding the server's exit for its whole --exit-timeout-secs."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout_s):
+            async for _ in stream:
+                pass
 
 
 class TritonEngine:
@@ -232,12 +243,14 @@ class TritonEngine:
                    "outputs": [grpcclient.InferRequestedOutput(output) for output in outputs]}
 
         stream = self.client.stream_infer(requests())
+        completed = False
         try:
             async with asyncio.timeout(self._request_timeout_s):
                 async for result, error in stream:
                     if error is not None:
                         raise error
                     if await on_response(result):
+                        completed = True
                         return result
         except InferenceServerException as exc:  # Triton ended the request with an error: nothing runs there
             self._pipelines.pop(name, None)
@@ -252,6 +265,8 @@ class TritonEngine:
             await asyncio.shield(self._cancel(request_id))  # the denoiser stops within a step
             raise
         finally:
+            if completed:
+                await _end(stream)
             stream.cancel()
         raise EngineError(f"pipeline '{name}' ended the stream without its {what}")
 
