@@ -150,9 +150,11 @@ class FakeFrontend(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def frontend_settings() -> FrontendSettings:
-    """The settings of a module's `fake_frontend` (no video workers); a module overrides this fixture."""
-    return FrontendSettings(video_workers=0)
+def frontend_settings(tmp_path_factory: pytest.TempPathFactory) -> FrontendSettings:
+    """The settings of a module's `fake_frontend` (no video workers, a job database of its own: the
+    LoRA state and quotas live there, so modules do not see each other's); a module overrides this."""
+    state = tmp_path_factory.mktemp("frontend-state")
+    return FrontendSettings(video_workers=0, jobs_db=f"sqlite://{state / 'jobs.db'}", assets_dir=str(state / "assets"))
 
 
 def fake_frontend(make_engine: Callable[[], F]) -> FakeFrontend:
