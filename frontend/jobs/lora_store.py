@@ -199,24 +199,14 @@ class PostgresLoraStore:
     @classmethod
     async def open(cls, url: str, *, prefix: str = DEFAULT_PREFIX, min_size: int = 1, max_size: int = 4,
                    timeout_s: float = 30.0) -> PostgresLoraStore:
-        from psycopg_pool import AsyncConnectionPool  # psycopg only when used
+        from dgate.frontend.jobs.postgres_store import open_postgres_store  # psycopg only when used
 
-        pool: AsyncConnectionPool = AsyncConnectionPool(
-            url, min_size=min_size, max_size=max_size, timeout=timeout_s, open=False,
-            kwargs={"autocommit": True}, check=AsyncConnectionPool.check_connection, name=f"dgate-{prefix}",
-        )
-        await pool.open(wait=True, timeout=timeout_s)
-        store = cls(pool, prefix=prefix)
-        try:
-            async with pool.connection() as conn, conn.transaction():
-                # Replicas starting together take turns creating the table (see PostgresJobStore).
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dgate-schema-{prefix}",))
-                await conn.execute(store._sql(_SCHEMA))
-                await conn.execute(store._sql(_SEED), (EMPTY,))
-        except BaseException:
-            await pool.close()
-            raise
-        return store
+        return await open_postgres_store(url, prefix, lambda pool: cls(pool, prefix=prefix), cls._create_schema,
+                                         min_size=min_size, max_size=max_size, timeout_s=timeout_s)
+
+    async def _create_schema(self, conn: Any) -> None:
+        await conn.execute(self._sql(_SCHEMA))
+        await conn.execute(self._sql(_SEED), (EMPTY,))
 
     def _sql(self, text: str) -> Any:
         from psycopg import sql

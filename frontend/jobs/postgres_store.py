@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from psycopg import AsyncConnection, errors, sql
 from psycopg.rows import dict_row
@@ -62,6 +62,32 @@ _OWNER_INDEX = "CREATE INDEX IF NOT EXISTS {index} ON {t} (owner, seq)"
 _RELEASE = "worker_id = NULL, lease_expires_at = NULL"
 
 
+S = TypeVar("S")
+
+
+async def open_postgres_store(url: str, name: str, make: Callable[[AsyncConnectionPool], S],
+                              create_schema: Callable[[S, AsyncConnection[Any]], Awaitable[None]], *,
+                              min_size: int, max_size: int, timeout_s: float) -> S:
+    """A store (the jobs, the quotas, the LoRA state) over a new pool of autocommit connections: the pool
+    opens waiting for a first connection, so a wrong URL fails at startup, not at the first request; then
+    the store's schema is created under an advisory lock, since replicas starting together would race on
+    CREATE TABLE IF NOT EXISTS (a unique violation in pg_type). The pool is closed again if that fails."""
+    pool: AsyncConnectionPool = AsyncConnectionPool(
+        url, min_size=min_size, max_size=max_size, timeout=timeout_s, open=False,
+        kwargs={"autocommit": True}, check=AsyncConnectionPool.check_connection, name=f"dgate-{name}",
+    )
+    await pool.open(wait=True, timeout=timeout_s)
+    store = make(pool)
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dgate-schema-{name}",))
+            await create_schema(store, conn)
+    except BaseException:
+        await pool.close()
+        raise
+    return store
+
+
 class PostgresJobStore:
     """`JobStore` over a PostgreSQL table; build it with `await PostgresJobStore.open(url)`."""
 
@@ -76,40 +102,25 @@ class PostgresJobStore:
     @classmethod
     async def open(cls, url: str, *, clock: Callable[[], float] = time.time, table: str = DEFAULT_TABLE,
                    min_size: int = 1, max_size: int = 8, timeout_s: float = 30.0) -> PostgresJobStore:
-        """Open the pool (waiting for a first connection, so a wrong URL fails at startup, not at the
-        first request) and create the table if missing."""
         check_table_name(table)
-        pool: AsyncConnectionPool = AsyncConnectionPool(
-            url, min_size=min_size, max_size=max_size, timeout=timeout_s, open=False,
-            kwargs={"autocommit": True}, check=AsyncConnectionPool.check_connection, name=f"dgate-{table}",
-        )
-        await pool.open(wait=True, timeout=timeout_s)
-        store = cls(pool, clock=clock, table=table)
-        try:
-            await store._create_schema()
-        except BaseException:
-            await pool.close()
-            raise
-        return store
+        return await open_postgres_store(url, table, lambda pool: cls(pool, clock=clock, table=table),
+                                         cls._create_schema, min_size=min_size, max_size=max_size,
+                                         timeout_s=timeout_s)
 
-    async def _create_schema(self) -> None:
-        async with self._pool.connection() as conn, conn.transaction():
-            # Replicas starting together would race on CREATE TABLE IF NOT EXISTS (a unique violation
-            # in pg_type); the advisory lock makes them take turns.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dgate-schema-{self._table}",))
-            await conn.execute(sql.SQL(_SCHEMA).format(t=self._t))
-            # A table of an older frontend gains the new columns; looked up first, as ALTER TABLE would lock
-            # the table against the other replicas' queries even with nothing to add.
-            present = {row["column_name"] for row in await self._rows(conn, sql.SQL(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-                "AND table_name = %s").format(), (self._table,))}
-            for column, kind in ADDED_COLUMNS.items():
-                if column not in present:
-                    await conn.execute(self._q(f"ALTER TABLE {{t}} ADD COLUMN {{column}} {kind}",
-                                               column=sql.Identifier(column)))
-            await conn.execute(sql.SQL(_INDEX).format(index=sql.Identifier(f"{self._table}_status_seq"), t=self._t))
-            await conn.execute(sql.SQL(_OWNER_INDEX).format(index=sql.Identifier(f"{self._table}_owner_seq"),
-                                                            t=self._t))
+    async def _create_schema(self, conn: AsyncConnection[Any]) -> None:
+        await conn.execute(sql.SQL(_SCHEMA).format(t=self._t))
+        # A table of an older frontend gains the new columns; looked up first, as ALTER TABLE would lock
+        # the table against the other replicas' queries even with nothing to add.
+        present = {row["column_name"] for row in await self._rows(conn, sql.SQL(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = %s").format(), (self._table,))}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in present:
+                await conn.execute(self._q(f"ALTER TABLE {{t}} ADD COLUMN {{column}} {kind}",
+                                           column=sql.Identifier(column)))
+        await conn.execute(sql.SQL(_INDEX).format(index=sql.Identifier(f"{self._table}_status_seq"), t=self._t))
+        await conn.execute(sql.SQL(_OWNER_INDEX).format(index=sql.Identifier(f"{self._table}_owner_seq"),
+                                                        t=self._t))
 
     # -- plumbing ------------------------------------------------------------------------------
 
