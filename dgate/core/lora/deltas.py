@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from dgate.core.lora.adapter_file import LoraLayer
+from dgate.core.lora.low_rank import ByteLRUCache
 from dgate.core.lora.request import LoraError
 from dgate.core.lora.weight_map import LoraMap
 
@@ -40,28 +39,8 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-class LRUCache(Generic[K, V]):
-    """The most recently used `capacity` values; `get_or_load` computes a missing one."""
+class LRUCache(ByteLRUCache[K, V]):
+    """The most recently used `capacity` values (no byte bound); `get_or_load` computes a missing one."""
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = max(1, capacity)
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get_or_load(self, key: K, load: Callable[[], V]) -> V:
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        value = load()  # raises before anything is cached
-        self._items[key] = value
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-        return value
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def keys(self) -> list[K]:
-        return list(self._items)
+        super().__init__(0, size=lambda _value: 0, max_items=max(1, capacity))
