@@ -172,6 +172,9 @@ class TritonServer:
         self.extra_args, self.backend_dir = list(extra_args), backend_dir
         self.startup_timeout, self.log_verbose = startup_timeout, log_verbose
         self._process: subprocess.Popen[bytes] | None = None
+        # The Python-backend shared-memory regions of the server, read once it is ready: a stub exits
+        # on its own soon after a killed server (it polls its parent), taking the names out of /proc.
+        self._regions: set[Path] = set()
 
     @property
     def ports(self) -> TritonPorts:
@@ -238,6 +241,7 @@ class TritonServer:
                 with urllib.request.urlopen(url, timeout=2) as resp:
                     if resp.status == 200:
                         log.info("tritonserver ready (pid %d)", self._process.pid)
+                        self._regions = shm_regions(group_members(self._process.pid))
                         return
             except OSError:
                 pass  # not listening yet, or 400 while models load
@@ -269,13 +273,15 @@ class TritonServer:
         proc = self._process
         if proc is None or proc.poll() is None:
             return
-        regions = shm_regions(group_members(proc.pid))
+        regions = self._regions | shm_regions(group_members(proc.pid))
         _kill_group(proc)
-        for region in regions:
+        left = [region for region in regions if region.exists()]  # a server that stopped cleanly unlinked its own
+        for region in left:
             region.unlink(missing_ok=True)
-        if regions:
-            log.warning("removed %d shared-memory region(s) of the stopped tritonserver (pid %d)", len(regions),
+        if left:
+            log.warning("removed %d shared-memory region(s) of the stopped tritonserver (pid %d)", len(left),
                         proc.pid)
+        self._regions = set()
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None

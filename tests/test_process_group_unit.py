@@ -39,3 +39,22 @@ def test_group_members_and_the_regions_they_map() -> None:
     while group_members(child.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert group_members(child.pid) == []
+
+
+def test_kill_leftovers_unlinks_the_regions_read_at_ready_even_when_their_stub_is_gone(tmp_path: Path) -> None:
+    """A stub polls its parent and exits soon after a killed server, so its region's name is no
+    longer in /proc when the supervisor looks: the names read when the server became ready count too."""
+    from dgate.triton_server import TritonServer
+
+    region = Path(f"{SHM_REGION_PREFIX}dgate-test-{uuid.uuid4()}")
+    region.write_bytes(b"\0" * 4096)  # what the dead stub mapped; nothing maps it now
+    server = TritonServer(tmp_path)
+    server._process = subprocess.Popen(["true"], start_new_session=True)  # a server that has died
+    server._process.wait()
+    server._regions = {region}
+    try:
+        server.kill_leftovers()
+        assert not region.exists()
+        assert server._regions == set()
+    finally:
+        region.unlink(missing_ok=True)
