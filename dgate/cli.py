@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                         default="onnxruntime",
                         help="component engine (--backend: its former name): onnxruntime (ONNX export, checked "
                              "against PyTorch); torch (the pipeline's own modules, no export; LoRA on CPU and GPU); "
-                             "tensorrt (plans in the pipeline's precision, for --triton-backend native --device gpu)")
+                             "tensorrt (strongly typed plans in the pipeline's precision, --device gpu; LoRA by refit "
+                             "in the Python backend, none with --triton-backend native)")
     export.add_argument("--triton-backend", choices=("python", "native"), default="python",
                         help="python: components run their --engine in Python-backend models (CPU build "
                              "of Triton); native: onnxruntime/tensorrt backend configs for the NGC image")

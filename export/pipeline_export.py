@@ -14,9 +14,10 @@ from diffusers import DiffusionPipeline
 from tqdm import tqdm
 
 from dgate.core.component_modules import component_module
+from dgate.core.engines.tensorrt_engine import PLAN_FILE, REFIT_WEIGHTS_FILE
 from dgate.core.errors import ExportError
 from dgate.core.families import spec_from_pipeline
-from dgate.core.lora.weight_map import LORA_MAP_FILE, build_lora_map
+from dgate.core.lora.weight_map import LORA_MAP_FILE, LoraMap, build_lora_map
 from dgate.core.onnx_session import load_all_initializers
 from dgate.core.pipeline_spec import PipelineSpec
 from dgate.core.tensors import model_name
@@ -33,7 +34,7 @@ from dgate.export.onnx_export import (
 from dgate.export.preview_map import fit_preview_map
 from dgate.export.quantized import load_quantization, quantized_files, verify_quantized
 from dgate.export.repository import PIPELINE_FILE, SCHEDULER_FILE, model_shim, write_model
-from dgate.export.tensorrt_build import build_engine, profile_shapes
+from dgate.export.tensorrt_build import build_engine, plan_files, profile_shapes, save_refit_weights
 from dgate.export.triton_config import (
     TORCH_QUANTIZED,
     ServingOptions,
@@ -202,7 +203,7 @@ def export_component(pipe: Any, spec: PipelineSpec, component: str, options: Ser
     lora_map = None
     if takes_lora(spec, component, options):
         # Matched on the FP32 graph, by value; FP16 conversion keeps initializer names.
-        lora_map = build_lora_map(getattr(pipe, component), load_all_initializers(files[MODEL_FILE])).to_json()
+        lora_map = build_lora_map(getattr(pipe, component), load_all_initializers(files[MODEL_FILE]))
     if spec.precision(component) == "fp16":
         files = convert_to_fp16(files[MODEL_FILE], scratch / "fp16", external_data_threshold)
         if calibrated is None:
@@ -226,18 +227,23 @@ def torch_files(pipe: Any, spec: PipelineSpec, component: str, scratch: Path, lo
 
 
 def served_files(spec: PipelineSpec, component: str, options: ServingOptions, files: dict[str, Path],
-                 lora_map: str | None, scratch: Path) -> dict[str, Path | str]:
+                 lora_map: LoraMap | None, scratch: Path) -> dict[str, Path | str]:
     """What the component's model folder holds: the ONNX files or a TensorRT engine built from them,
     the Python shim (Python backend), the LoRA map and the spec it reads (LoRA)."""
     served: dict[str, Path | str] = dict(files)
     if options.engine == "tensorrt":
         shapes = profile_shapes(spec, component, component_config(spec, component, options).max_batch_size)
-        served = {"model.plan": build_engine(files[MODEL_FILE], scratch / "model.plan", shapes,
-                                             precision=spec.precision(component))}
+        refittable = lora_map.initializers if lora_map is not None else set()
+        plan = build_engine(files[MODEL_FILE], scratch / "plan" / PLAN_FILE, shapes,
+                            precision=spec.precision(component), refittable=refittable)
+        served = dict(plan_files(plan))
+        if refittable:
+            served[REFIT_WEIGHTS_FILE] = save_refit_weights(files[MODEL_FILE], refittable,
+                                                            scratch / "plan" / REFIT_WEIGHTS_FILE)
     if options.triton_backend == "python":
         served["model.py"] = model_shim("component_model", f"{spec.name} {component}")
     if lora_map is not None:
-        served |= {LORA_MAP_FILE: lora_map, PIPELINE_FILE: spec.to_json()}
+        served |= {LORA_MAP_FILE: lora_map.to_json(), PIPELINE_FILE: spec.to_json()}
     return served
 
 

@@ -53,7 +53,7 @@ class ServingOptions:
     # "python": components run ONNX Runtime on the CPU inside Python models (the CPU build of Triton);
     # "native": Triton's onnxruntime/tensorrt backends run them (the NGC image).
     triton_backend: str = "python"
-    engine: str = "onnxruntime"  # "onnxruntime" | "torch" (Python backend) | "tensorrt" (native only)
+    engine: str = "onnxruntime"  # "onnxruntime" | "torch" (Python backend) | "tensorrt" (GPU: Python backend or native)
     device: str = "cpu"  # where component models run: "cpu" | "gpu"
     # "async": the image denoiser is decoupled and one instance interleaves every request's steps
     # (asyncio + async BLS), streaming progress and partial images; the pipeline's ensemble is then
@@ -97,15 +97,12 @@ def unservable(options: ServingOptions) -> str | None:
     refuses them before loading a model, export_pipeline raises them). An option that would be
     silently ignored counts as unservable. Worded with `dgate export`'s flags."""
     python = options.triton_backend == "python"
-    if options.engine == "tensorrt" and python:
-        return ("TensorRT engines are served by Triton's native tensorrt backend: "
-                "use --triton-backend native")
     if options.engine == "tensorrt" and options.device != "gpu":
         return "TensorRT engines run on GPU instances only (Triton refuses them on the CPU): add --device gpu"
     if options.engine == "torch" and not python:
         return "the torch engine runs in the Python backend: leave --triton-backend python"
     if python and options.device == "gpu" and options.engine == "onnxruntime" and options.lora:
-        return ("LoRA on GPU instances needs --engine torch: ONNX Runtime's CUDA sessions take no weights "
+        return ("LoRA on GPU instances needs --engine torch or tensorrt: ONNX Runtime's CUDA sessions take no weights "
                 "updated in place (or pass --no-lora)")
     if not python and options.onnx_threads:
         return ("--onnx-threads sets the ONNX Runtime threads of Python-backend components; native models do not "
@@ -176,6 +173,8 @@ def component_config(spec: PipelineSpec, component: str, options: ServingOptions
         _add_tensors(config.output, outputs)
         kind = mc.ModelInstanceGroup.KIND_GPU if options.device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
         config.instance_group.add(kind=kind, count=options.component_instances)
+        if options.engine == "tensorrt":  # the native backend captures CUDA graphs for the shapes it meets
+            config.optimization.cuda.graphs = True
     config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
     return config
 

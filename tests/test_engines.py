@@ -141,7 +141,9 @@ def test_torch_refitter_keeps_the_numpy_refitters_bookkeeping() -> None:
 
 
 def test_an_unknown_engine_is_refused_with_the_ones_that_run(spec: PipelineSpec, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="onnxruntime or torch"):
+    with pytest.raises(ValueError, match="onnxruntime, torch, tensorrt"):
+        load_engine("openvino", tmp_path, spec, "unet", CPU)
+    with pytest.raises(ValueError, match="TensorRT plans run on GPU instances only"):
         load_engine("tensorrt", tmp_path, spec, "unet", CPU)
 
 

@@ -127,6 +127,11 @@ def test_native_configs_for_the_ngc_image(specs: dict[str, PipelineSpec]) -> Non
     assert onnx_config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     trt = component_config(spec, "unet", ServingOptions(triton_backend="native", engine="tensorrt", device="gpu"))
     assert trt.platform == "tensorrt_plan" and trt.default_model_filename == "model.plan"
+    assert trt.optimization.cuda.graphs  # the native backend replays CUDA graphs of the shapes it meets
+    in_python = component_config(spec, "unet", ServingOptions(engine="tensorrt", device="gpu"))
+    assert in_python.backend == "python" and in_python.parameters["engine"].string_value == "tensorrt"
+    assert in_python.parameters["lora_component"].string_value == "unet"  # LoRA by refit of the plan
+    assert in_python.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     assert [i.name for i in trt.input] == ["sample", "timestep", "encoder_hidden_states"]  # same names either way
     assert trt.max_batch_size == 2 * spec.limits.max_images  # cond + uncond for every image
 
@@ -157,8 +162,8 @@ def test_every_family_has_a_denoiser_wrapper_matching_its_tensors(specs: dict[st
         assert names[: len(family.denoiser_inputs(spec))] == [t.name for t in family.denoiser_inputs(spec)]
 
 
-def test_tensorrt_needs_the_native_backend_and_the_package(tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="--triton-backend native"):  # refused before the model is read
+def test_tensorrt_needs_a_gpu_and_the_package(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="--device gpu"):  # refused before the model is read
         export_pipeline(str(tmp_path / "no-such-model"), tmp_path, options=ServingOptions(engine="tensorrt"))
     try:
         import tensorrt  # noqa: F401

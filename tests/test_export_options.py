@@ -36,18 +36,16 @@ from dgate.export.triton_config import (
 )
 from dgate.tiny import build_tiny_pipeline
 
-TRT_PYTHON = "TensorRT engines are served by Triton's native tensorrt backend: use --triton-backend native"
 TRT_CPU = "TensorRT engines run on GPU instances only (Triton refuses them on the CPU): add --device gpu"
-GPU_ORT_LORA = ("LoRA on GPU instances needs --engine torch: ONNX Runtime's CUDA sessions take no weights "
+GPU_ORT_LORA = ("LoRA on GPU instances needs --engine torch or tensorrt: ONNX Runtime's CUDA sessions take no weights "
                 "updated in place (or pass --no-lora)")
 TORCH_NATIVE = "the torch engine runs in the Python backend: leave --triton-backend python"
 THREADS_NATIVE = ("--onnx-threads sets the ONNX Runtime threads of Python-backend components; native models do "
                   "not read it: leave it at 0 with --triton-backend native")
 
 REFUSED = {
-    "tensorrt-in-python": (["--engine", "tensorrt"], TRT_PYTHON),
-    "tensorrt-in-python-old-flag": (["--backend", "tensorrt"], TRT_PYTHON),
-    "tensorrt-in-python-on-gpu": (["--engine", "tensorrt", "--device", "gpu"], TRT_PYTHON),
+    "tensorrt-in-python-on-cpu": (["--engine", "tensorrt"], TRT_CPU),
+    "tensorrt-in-python-old-flag": (["--backend", "tensorrt"], TRT_CPU),
     "tensorrt-on-cpu": (["--triton-backend", "native", "--engine", "tensorrt"], TRT_CPU),
     "tensorrt-on-cpu-explicit": (["--triton-backend", "native", "--engine", "tensorrt", "--device", "cpu"], TRT_CPU),
     "gpu-onnxruntime-with-lora": (["--device", "gpu"], GPU_ORT_LORA),
@@ -79,6 +77,8 @@ ACCEPTED = {
                  ServingOptions(triton_backend="native", engine="tensorrt", device="gpu")),
     "tensorrt-old-flag": (["--triton-backend", "native", "--backend", "tensorrt", "--device", "gpu"],
                           ServingOptions(triton_backend="native", engine="tensorrt", device="gpu")),
+    "tensorrt-python-gpu": (["--engine", "tensorrt", "--device", "gpu"],
+                            ServingOptions(engine="tensorrt", device="gpu")),
     "torch": (["--engine", "torch"], ServingOptions(engine="torch")),
     "torch-gpu": (["--engine", "torch", "--device", "gpu"], ServingOptions(engine="torch", device="gpu")),
     "onnxruntime-gpu-no-lora": (["--device", "gpu", "--no-lora"], ServingOptions(device="gpu", lora=False)),
@@ -141,7 +141,7 @@ def test_quantized_and_names_are_given_per_model(tmp_path: Path, monkeypatch: py
 def test_export_pipeline_refuses_the_same_before_loading(tmp_path: Path, no_model_loads: None) -> None:
     """The API caller (tests, dgate bench-designs) gets the CLI's reasons as an ExportError."""
     missing = str(tmp_path / "no-such-model")
-    for options, message in ((ServingOptions(engine="tensorrt"), TRT_PYTHON),
+    for options, message in ((ServingOptions(engine="tensorrt"), TRT_CPU),
                              (ServingOptions(triton_backend="native", engine="tensorrt"), TRT_CPU),
                              (ServingOptions(device="gpu"), GPU_ORT_LORA)):
         with pytest.raises(ExportError) as error:

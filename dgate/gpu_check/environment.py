@@ -14,8 +14,6 @@ import torch
 
 from dgate.core.engines import Placement
 
-TENSORRT_NOT_WIRED = "not wired in the Python backend yet"
-
 
 def _version(module: str) -> str | None:
     try:
@@ -63,8 +61,9 @@ class Environment:
                 return "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
             return None
         if engine == "tensorrt":
-            found = "tensorrt not installed" if self.tensorrt is None else f"TensorRT {self.tensorrt} found"
-            return f"{TENSORRT_NOT_WIRED} ({found})"
+            if self.tensorrt is None:
+                return "tensorrt is not installed (make install GPU=1)"
+            return None if self.on_gpu else "TensorRT plans run on a GPU only"
         return f"unknown engine {engine!r}"
 
     def lora_missing(self, engine: str) -> str | None:
@@ -78,7 +77,9 @@ class Environment:
         """INT8/FP8 engines are TensorRT builds: why they are not checked here."""
         if self.tensorrt is None:
             return "needs TensorRT"
-        return f"needs TensorRT's INT8/FP8 engines, {TENSORRT_NOT_WIRED} (TensorRT {self.tensorrt} found)"
+        # dgate calibrate needs nvidia-modelopt and a calibration run per model: not part of this check.
+        return (f"not in gpu-check yet (TensorRT {self.tensorrt} found): build one with dgate calibrate, then "
+                "dgate export --quantized --engine tensorrt --device gpu")
 
     def describe(self) -> dict[str, Any]:
         engines = {engine: self.engine_missing(engine) or "available"

@@ -15,7 +15,7 @@ from dgate.gpu_check.workspace import Workspace, as_numpy
 
 SECTION = "lora"
 PIPELINE = "tiny-sd"
-ENGINES = ("torch", "onnxruntime")
+ENGINES = ("torch", "onnxruntime", "tensorrt")
 SWITCHES = 5  # A -> B and B -> A pairs timed
 RELOADS = 3
 

@@ -16,8 +16,9 @@ from typing import Any, Protocol, Self
 
 from dgate.core.pipeline_spec import PipelineSpec
 
-# Python-backend engines (`dgate export --engine`); "tensorrt" is served by Triton's native backend.
-PYTHON_BACKEND_ENGINES = ("onnxruntime", "torch")
+# Python-backend engines (`dgate export --engine`); TensorRT plans can also go to Triton's native
+# tensorrt backend (`--triton-backend native`), which cannot refit them: no LoRA there.
+PYTHON_BACKEND_ENGINES = ("onnxruntime", "torch", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -64,5 +65,8 @@ def load_engine(engine: str, model_dir: Path, spec: PipelineSpec | None, compone
         if spec is None:
             raise ValueError(f"{component}: the torch engine needs the pipeline's {model_dir / 'pipeline.json'}")
         return TorchEngine.load(model_dir, spec, component, placement, threads, lora)
-    raise ValueError(f"{component}: the Python backend runs {' or '.join(PYTHON_BACKEND_ENGINES)}, not {engine!r} "
-                     "(serve TensorRT plans with --triton-backend native)")
+    if engine == "tensorrt":
+        from dgate.core.engines.tensorrt_engine import TensorRTEngine
+
+        return TensorRTEngine.load(model_dir, spec, component, placement, threads, lora)
+    raise ValueError(f"{component}: the Python backend runs {', '.join(PYTHON_BACKEND_ENGINES)}, not {engine!r}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -75,6 +76,17 @@ def lora_map_of(module: nn.Module) -> LoraMap:
     return LoraMap(layers)
 
 
+def arrays_on(device: torch.device) -> Callable[[Deltas], Deltas]:
+    """An `AdapterSets.prepare` that moves an adapter's arrays (FP32) to `device`, once per adapter."""
+
+    def prepare(deltas: Deltas) -> Deltas:
+        moved: dict[str, Any] = {name: torch.from_numpy(np.asarray(delta, np.float32)).to(device)
+                                 for name, delta in deltas.items()}
+        return moved
+
+    return prepare
+
+
 class TorchEngine:
     def __init__(self, module: nn.Module, input_names: list[str], placement: Placement,
                  dtype: torch.dtype = torch.float32, adapters: AdapterSets | None = None,
@@ -110,15 +122,10 @@ class TorchEngine:
         if lora:
             raw = getattr(pipe, component)  # the module adapters name their layers after
             lora_map = lora_map_of(raw)
-            engine.adapters = AdapterSets(spec, component, lora_map, prepare=engine._on_device)
+            engine.adapters = AdapterSets(spec, component, lora_map, prepare=arrays_on(engine.device))
             engine.refitter = TorchWeightRefitter({mapped.initializer: raw.get_parameter(mapped.initializer).data
                                                    for mapped in lora_map.layers.values()})
         return engine
-
-    def _on_device(self, deltas: Deltas) -> Deltas:
-        moved: dict[str, Any] = {name: torch.from_numpy(np.asarray(delta, np.float32)).to(self.device)
-                                 for name, delta in deltas.items()}
-        return moved
 
     def _tensor(self, value: Any) -> torch.Tensor:
         tensor = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
