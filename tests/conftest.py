@@ -29,7 +29,8 @@ pytest_plugins = ["frontend_fixtures", "postgres_server"]
 # e2e: the test starts tritonserver or uses the session's exported repository. Derived from the fixtures it
 # uses (item.fixturenames is the closure, so every fixture built on these counts too), so it cannot drift;
 # E2E_TESTS names the tests that start a tritonserver of their own.
-E2E_FIXTURES = frozenset({"triton", "model_repository", "quantized_models", "fused_triton", "fault_repository"})
+E2E_FIXTURES = frozenset({"triton", "model_repository", "quantized_models", "fused_triton", "fault_repository",
+                          "cpu_check"})  # cpu_check: gpu-check serves tiny SD through tritonserver
 E2E_TESTS = frozenset({
     "test_triton_server.py::test_serves_http_and_grpc_then_stops",
     "test_triton_server.py::test_broken_model_fails_start_with_log",

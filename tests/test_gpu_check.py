@@ -80,6 +80,18 @@ def test_tensorrt_and_quantized_cases_are_skipped_on_the_cpu_with_a_reason(
 
 
 @pytest.mark.slow  # the whole CPU check: ~20 s alone, over a minute on 2 busy cores
+def test_served_parity_goes_through_tritonserver_on_each_cpu_engine(cpu_check: tuple[int, dict[str, Any]]) -> None:
+    _, report = cpu_check
+    rows = report["sections"]["served"]
+    assert [row["engine"] for row in rows] == ["torch", "onnxruntime", "tensorrt"]
+    for row in rows[:2]:  # tritonserver is installed here (the triton-wheel extra)
+        difference = row["values"]["max_pixel_difference"]
+        assert row["result"] == PASS and 0 <= difference <= PIXEL_BOUND, row
+        assert row["figure"] == f"max |diff| {difference}/255 through tritonserver"
+    assert rows[2]["result"] == SKIPPED
+
+
+@pytest.mark.slow  # the whole CPU check: ~20 s alone, over a minute on 2 busy cores
 def test_lora_switches_exactly_on_each_cpu_engine(cpu_check: tuple[int, dict[str, Any]]) -> None:
     _, report = cpu_check
     rows = report["sections"]["lora"]

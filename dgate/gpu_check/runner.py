@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from dgate.gpu_check import batching, full_size, lora, parity
+from dgate.gpu_check import batching, full_size, lora, parity, served
 from dgate.gpu_check.arguments import DESCRIPTION, add_arguments
 from dgate.gpu_check.environment import Environment
 from dgate.gpu_check.report import FAIL, PIXEL_BOUND, CaseResult, exit_code, report, skipped, table, write_report
@@ -66,8 +66,9 @@ def _given(result: CaseResult) -> CaseResult:
 
 
 def plan(options: Options, environment: Environment, workspace: Workspace,
-         models: full_size.FullSizeModels) -> list[Case]:
-    """Every case of the check, in the table's order; missing pieces become skipped cases."""
+         models: full_size.FullSizeModels, stack: ExitStack) -> list[Case]:
+    """Every case of the check, in the table's order; missing pieces become skipped cases. `stack`
+    stops what the cases start (the served section's tritonserver)."""
     cases: list[Case] = []
     checks = parity.Parity(workspace, options.tiny_steps)
     for name in parity.PIPELINES:
@@ -77,6 +78,9 @@ def plan(options: Options, environment: Environment, workspace: Workspace,
             cases.append(Case(parity.SECTION, name, engine, run))
         if environment.on_gpu:
             cases.append(Case(parity.SECTION, name, parity.FP16_ENGINE, partial(checks.fp16, name)))
+    through_triton = served.Served(checks, stack)
+    for engine in served.ENGINES:
+        cases.append(Case(served.SECTION, served.PIPELINE, engine, partial(through_triton.case, engine)))
     for engine in lora.ENGINES:
         cases.append(Case(lora.SECTION, lora.PIPELINE, engine, partial(lora.lora_case, workspace, engine)))
     case = "INT8/FP8 denoiser"
@@ -129,7 +133,7 @@ def run_checks(options: Options) -> tuple[list[CaseResult], dict]:
         workspace = Workspace(root, environment)
         models = full_size.FullSizeModels(environment)
         stack.callback(models.release)
-        cases = plan(options, environment, workspace, models)
+        cases = plan(options, environment, workspace, models, stack)
         results = []
         progress = tqdm(cases, desc="gpu-check", unit="case", file=sys.stderr)
         for case in progress:
