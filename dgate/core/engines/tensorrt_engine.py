@@ -151,6 +151,9 @@ class TensorRTEngine:
             raise ValueError(f"{component}: TensorRT plans run on GPU instances only (export with --device gpu)")
         import tensorrt as trt
 
+        if not (model_dir / PLAN_INFO_FILE).is_file():
+            raise ValueError(f"{component}: no {PLAN_INFO_FILE} beside the plan (what TensorRT and GPU built it): "
+                             "export it again with this dgate")
         info = PlanInfo.load(model_dir / PLAN_INFO_FILE)
         version, capability, _ = current_target(placement.device_id)
         if (reason := info.mismatch(version, capability)) is not None:
@@ -179,9 +182,10 @@ class TensorRTEngine:
     def run(self, inputs: dict[str, Any], lora: str = "") -> list[Any]:
         if self.adapters is not None and self.refitter is not None:
             key, adapters = self.adapters.resolve(lora) if lora else ((), [])
-            self.stream.synchronize()  # never refit with work pending on the plan
-            with torch.no_grad():
-                self.refitter.apply(key, adapters, self.stream)
+            if key != self.refitter.bookkeeping.current:
+                self.stream.synchronize()  # never refit with work pending on the plan
+                with torch.no_grad():
+                    self.refitter.apply(key, adapters, self.stream)
         current = torch.cuda.current_stream(self.device)
         bound = {name: self._bound(name, inputs[name]) for name in self.input_names}
         for name, tensor in bound.items():
