@@ -1,6 +1,6 @@
 """A pipeline component (text encoder, UNet/transformer, VAE) as a Triton Python model.
 
-The model runs the engine its config names (`engine`: onnxruntime or torch, dgate.core.engines) on
+The model runs the engine its config names (`engine`: onnxruntime, torch or tensorrt, dgate.core.engines) on
 its instance's device (`model_instance_kind`: CPU, or GPU with `--device gpu`). Triton's dynamic
 batcher hands us several requests at once: same-shaped ones are concatenated into one engine run,
 which is how the denoising steps of concurrent requests share a UNet batch.
