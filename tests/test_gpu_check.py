@@ -72,6 +72,8 @@ def test_tensorrt_and_quantized_cases_are_skipped_on_the_cpu_with_a_reason(
     # No TensorRT in the CPU install; with it, still no GPU here: skipped either way, saying why.
     reasons = ("tensorrt is not installed (make install GPU=1)", "TensorRT plans run on a GPU only")
     assert all(row["result"] == SKIPPED and row["reason"] in reasons for row in tensorrt)
+    (graphs,) = report["sections"]["graphs"]
+    assert graphs["result"] == SKIPPED and graphs["reason"] in reasons
     (quantized,) = report["sections"]["quantized"]
     assert quantized["result"] == SKIPPED and "TensorRT" in quantized["reason"]
     assert quantized["figure"] == f"skipped: {quantized['reason']}"

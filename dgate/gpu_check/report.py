@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 PASS, FAIL, SKIPPED, MEASURED = "pass", "fail", "skipped", "measured"
-SECTIONS = ("parity", "served", "lora", "quantized", "full_size", "batching")
+SECTIONS = ("parity", "served", "lora", "graphs", "quantized", "full_size", "batching")
 # FP32 parity: served images may differ from diffusers' by this many 8-bit levels at most.
 PIXEL_BOUND = 2
 COLUMNS = ("section", "case", "engine", "result", "figure")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from dgate.gpu_check import batching, full_size, lora, parity, served
+from dgate.gpu_check import batching, full_size, graphs, lora, parity, served
 from dgate.gpu_check.arguments import DESCRIPTION, add_arguments
 from dgate.gpu_check.environment import Environment
 from dgate.gpu_check.report import FAIL, PIXEL_BOUND, CaseResult, exit_code, report, skipped, table, write_report
@@ -83,6 +83,7 @@ def plan(options: Options, environment: Environment, workspace: Workspace,
         cases.append(Case(served.SECTION, served.PIPELINE, engine, partial(through_triton.case, engine)))
     for engine in lora.ENGINES:
         cases.append(Case(lora.SECTION, lora.PIPELINE, engine, partial(lora.lora_case, workspace, engine)))
+    cases.append(Case(graphs.SECTION, graphs.PIPELINE, graphs.ENGINE, partial(graphs.graphs_case, workspace)))
     case = "INT8/FP8 denoiser"
     cases.append(Case("quantized", case, "tensorrt",
                       partial(_given, skipped("quantized", case, "tensorrt", environment.quantized_missing()))))

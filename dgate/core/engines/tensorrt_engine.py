@@ -21,6 +21,7 @@ runs it where TensorRT and a GPU are present.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # typings/tensorrt: the real API's stubs, so mypy checks ever
 PLAN_FILE = "model.plan"
 PLAN_INFO_FILE = "engine.json"
 REFIT_WEIGHTS_FILE = "refit_weights.safetensors"
+CUDA_GRAPHS_ENV = "DGATE_TENSORRT_CUDA_GRAPHS"  # "1": replay each input-shape set's captured graph
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class TensorRTEngine:
         self.output_names = list(output_names)
         self.dtypes = {name: torch_dtype(engine.get_tensor_dtype(name)) for name in names}
         self.logger, self.adapters, self.refitter = logger, adapters, refitter
+        self.graphs = CudaGraphs(os.environ.get(CUDA_GRAPHS_ENV, "0") == "1")
 
     @classmethod
     def load(cls, model_dir: Path, spec: PipelineSpec | None, component: str, placement: Placement,
@@ -179,15 +182,8 @@ class TensorRTEngine:
         tensor = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
         return tensor.to(self.device, self.dtypes[name]).contiguous()
 
-    def run(self, inputs: dict[str, Any], lora: str = "") -> list[Any]:
-        if self.adapters is not None and self.refitter is not None:
-            key, adapters = self.adapters.resolve(lora) if lora else ((), [])
-            if key != self.refitter.bookkeeping.current:
-                self.stream.synchronize()  # never refit with work pending on the plan
-                with torch.no_grad():
-                    self.refitter.apply(key, adapters, self.stream)
-        current = torch.cuda.current_stream(self.device)
-        bound = {name: self._bound(name, inputs[name]) for name in self.input_names}
+    def _bind(self, bound: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Set the context's shapes and addresses for these inputs; the outputs, allocated to fit."""
         for name, tensor in bound.items():
             if not self.context.set_input_shape(name, tuple(tensor.shape)):
                 raise ValueError(f"input {name} of shape {tuple(tensor.shape)} is outside the plan's profile")
@@ -198,10 +194,73 @@ class TensorRTEngine:
             output = torch.empty([dims[i] for i in range(len(dims))], dtype=self.dtypes[name], device=self.device)
             self.context.set_tensor_address(name, output.data_ptr())
             outputs.append(output)
-        self.stream.wait_stream(current)  # inputs were made on the caller's stream
+        return outputs
+
+    def _execute(self) -> None:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
+
+    def run(self, inputs: dict[str, Any], lora: str = "") -> list[Any]:
+        if self.adapters is not None and self.refitter is not None:
+            key, adapters = self.adapters.resolve(lora) if lora else ((), [])
+            if key != self.refitter.bookkeeping.current:
+                self.stream.synchronize()  # never refit with work pending on the plan
+                self.graphs.clear()  # captured against the weights as they were
+                with torch.no_grad():
+                    self.refitter.apply(key, adapters, self.stream)
+        current = torch.cuda.current_stream(self.device)
+        bound = {name: self._bound(name, inputs[name]) for name in self.input_names}
+        self.stream.wait_stream(current)  # inputs were made on the caller's stream
+        if self.graphs.enabled:
+            outputs = self.graphs.replay(self, bound)
+        else:
+            outputs = self._bind(bound)
+            self._execute()
         current.wait_stream(self.stream)
         for tensor in (*bound.values(), *outputs):  # used on our stream: not freed before it is done
             tensor.record_stream(self.stream)
         return [output.float() for output in outputs]
+
+
+@dataclass
+class _Captured:
+    inputs: dict[str, torch.Tensor]  # the buffers the graph reads: each call copies its inputs in
+    outputs: list[torch.Tensor]  # the buffers it writes: each call copies them out
+    graph: torch.cuda.CUDAGraph
+
+
+class CudaGraphs:
+    """CUDA graphs of the plan's execution, one per input-shape set (the shapes a deployment fixes:
+    batch sizes, image sizes), at most `limit`, captured on first use. A replay launches the whole
+    plan at once, without TensorRT's per-kernel launch overhead. Off unless DGATE_TENSORRT_CUDA_GRAPHS=1;
+    dropped when a refit changes the weights. UNPROVEN on a GPU (issue 17's note)."""
+
+    def __init__(self, enabled: bool, limit: int = 16) -> None:
+        self.enabled, self.limit = enabled, limit
+        self._graphs: dict[tuple, _Captured] = {}
+
+    def clear(self) -> None:
+        self._graphs.clear()
+
+    def replay(self, engine: TensorRTEngine, bound: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        key = tuple((name, tuple(tensor.shape)) for name, tensor in bound.items())
+        captured = self._graphs.get(key) or self._capture(engine, key, bound)
+        with torch.cuda.stream(engine.stream):
+            for name, tensor in bound.items():
+                captured.inputs[name].copy_(tensor)
+            captured.graph.replay()
+            return [output.clone() for output in captured.outputs]  # the next replay overwrites them
+
+    def _capture(self, engine: TensorRTEngine, key: tuple, bound: dict[str, torch.Tensor]) -> _Captured:
+        if len(self._graphs) >= self.limit:
+            self._graphs.pop(next(iter(self._graphs)))  # the oldest shape set
+        with torch.cuda.stream(engine.stream):
+            inputs = {name: tensor.clone() for name, tensor in bound.items()}
+        outputs = engine._bind(inputs)
+        engine._execute()  # TensorRT sets itself up for these shapes on a first run, outside the capture
+        engine.stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=engine.stream):
+            engine._execute()
+        self._graphs[key] = captured = _Captured(inputs, outputs, graph)
+        return captured
