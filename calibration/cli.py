@@ -51,7 +51,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
           f"{q.calibration_steps} steps; {result.onnx_bytes / 1e6:.1f} MB")
     if result.onnx_error is None:
         print("FP8 Q/DQ are TensorRT operators: serve it with `dgate export --quantized ... --engine tensorrt "
-              "--triton-backend native --device gpu` on an NVIDIA GPU")
+              "--device gpu` on an NVIDIA GPU")
     else:
         print(f"ONNX Runtime vs the fake-quantized PyTorch model: max abs error {result.onnx_error:.2e}")
     print(f"quantized model: {result.out}")

@@ -48,7 +48,7 @@ def load_quantization(directory: Path, pipe: Any, denoiser_component: str, engin
     if quantization.needs_tensorrt and engine != "tensorrt":
         raise ExportError(f"{quantization.precision.upper()} needs TensorRT: modelopt's FP8 Q/DQ are TensorRT "
                           "operators that ONNX Runtime cannot run. Build engines on an NVIDIA GPU with "
-                          "--engine tensorrt --triton-backend native --device gpu, or calibrate with "
+                          "--engine tensorrt --device gpu, or calibrate with "
                           "--precision int8 for the CPU")
     return quantization
 
