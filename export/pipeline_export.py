@@ -60,8 +60,14 @@ class ExportReport:
 
 
 def load_pipeline(model: str) -> Any:  # a DiffusionPipeline; its annotations miss the components
-    """The same loader for a local diffusers directory and a hub id (cached or downloaded by the user)."""
-    return DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
+    """The same loader for a local diffusers directory and a hub id (cached or downloaded by the user).
+    A path or id that holds no pipeline is an ExportError in one line, not diffusers' traceback."""
+    try:
+        return DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
+    except (OSError, ValueError) as error:  # diffusers' and huggingface_hub's "not found" errors
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(f"no diffusers pipeline could be loaded from {model!r} (a folder with "
+                          f"model_index.json, or a hub id in the local cache): {reason}") from error
 
 
 # Video: frames traced and checked at (few, so that full-size video models export in bounded memory).

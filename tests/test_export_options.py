@@ -215,3 +215,13 @@ def test_python_components_on_gpu_are_gpu_instances_that_keep_gpu_inputs(specs: 
     cpu = component_config(specs[0], "unet", ServingOptions(engine="torch"))
     assert [group.kind for group in cpu.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
     assert "FORCE_CPU_ONLY_INPUT_TENSORS" not in cpu.parameters
+
+
+def test_a_path_without_a_pipeline_is_one_line_not_a_traceback(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    missing, out = tmp_path / "no-such-model", tmp_path / "repository"
+    assert main(["export", "--model", str(missing), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dgate export: {missing}: no diffusers pipeline could be loaded from '{missing}'")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not out.exists()
