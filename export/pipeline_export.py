@@ -34,7 +34,13 @@ from dgate.export.onnx_export import (
 from dgate.export.preview_map import fit_preview_map
 from dgate.export.quantized import load_quantization, quantized_files, verify_quantized
 from dgate.export.repository import PIPELINE_FILE, SCHEDULER_FILE, model_shim, write_model
-from dgate.export.tensorrt_build import build_engine, plan_files, profile_shapes, save_refit_weights
+from dgate.export.tensorrt_build import (
+    build_engine,
+    plan_files,
+    profile_shapes,
+    require_tensorrt,
+    save_refit_weights,
+)
 from dgate.export.triton_config import (
     TORCH_QUANTIZED,
     ServingOptions,
@@ -123,6 +129,8 @@ def export_pipeline(
         raise ExportError(reason)
     if quantized is not None and options.engine == "torch":
         raise ExportError(TORCH_QUANTIZED)
+    if options.engine == "tensorrt":
+        require_tensorrt()  # before minutes of ONNX export, not after them
     pipe = load_pipeline(model)
     spec = derive_spec(pipe, name or pipeline_name(model), precision=precision, max_size=max_size,
                        default_steps=default_steps, default_scheduler=default_scheduler)

@@ -97,16 +97,22 @@ def configure(trt: Any, builder: tensorrt.Builder, network: tensorrt.INetworkDef
     return config
 
 
+def require_tensorrt() -> None:
+    """Raise the ExportError that says how to get TensorRT when it cannot be imported."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as error:
+        raise ExportError("--engine tensorrt needs the `tensorrt` package and an NVIDIA GPU "
+                          "(make install GPU=1)") from error
+
+
 def build_engine(onnx_path: Path, plan_path: Path, shapes: dict[str, tuple[Shape, Shape, Shape]],
                  precision: str = "fp16", refittable: Iterable[str] = (), workspace_bytes: int = 8 << 30,
                  device_id: int = 0) -> Path:
     """A TensorRT plan of the ONNX graph (in its own types), refittable for `refittable` (initializer
     names), with its PlanInfo beside it (`engine.json`)."""
-    try:
-        import tensorrt as trt
-    except ImportError as error:  # pragma: no cover - needs the tensorrt wheel and a GPU
-        raise ExportError("--engine tensorrt needs the `tensorrt` package and an NVIDIA GPU "
-                          "(make install GPU=1)") from error
+    require_tensorrt()
+    import tensorrt as trt  # here, not from require_tensorrt: mypy then checks every call against the stubs
 
     version, capability, gpu = current_target(device_id)
     trt_logger = trt.Logger(trt.Logger.WARNING)

@@ -170,6 +170,9 @@ def test_tensorrt_needs_a_gpu_and_the_package(tmp_path: Path) -> None:
     except ImportError:
         with pytest.raises(ExportError, match="needs the `tensorrt` package"):
             build_engine(tmp_path / "x.onnx", tmp_path / "x.plan", {})
+        with pytest.raises(ExportError, match="needs the `tensorrt` package"):  # before the model is read
+            export_pipeline(str(tmp_path / "no-such-model"), tmp_path,
+                            options=ServingOptions(engine="tensorrt", device="gpu"))
 
 
 # threshold 0: every weight in model.onnx.data, the layout of every full-size UNet. FP16 conversion of
