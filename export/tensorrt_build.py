@@ -2,12 +2,11 @@
 
 Networks are strongly typed: the ONNX graph's types are the engine's precision, so an FP16 engine
 comes from the FP16 ONNX the export already writes (per-component precision policy: T5 and SDXL's
-VAE stay FP32). TensorRT 11 removed the FP16/INT8/FP8 builder flags (and is always strongly typed:
-its STRONGLY_TYPED flag is kept, ignored); on TensorRT 10 the flag gives the same engine. FP32 plans
-are built without TF32. Quantized Q/DQ graphs from `dgate calibrate`
-(FP32 outside the Q/DQ pairs) build strongly typed too: TensorRT runs the quantized layers in
-INT8/FP8 and keeps the graph's FP32 elsewhere; on TensorRT 10 they build weakly typed with FP16
-allowed instead (its flags still exist), as before.
+VAE stay FP32). TensorRT 11 removed the FP16/INT8/FP8 builder flags and is always strongly typed
+(its STRONGLY_TYPED flag is kept and ignored); on TensorRT 10 the flag gives the same engine. FP32
+plans are built without TF32. Quantized Q/DQ graphs from `dgate calibrate` (FP32 outside the Q/DQ
+pairs) build weakly typed with FP16 allowed on TensorRT 10, as before; on TensorRT 11 they build
+strongly typed, the quantized layers in INT8/FP8 and the graph's FP32 elsewhere.
 
 LoRA: with `refittable` names (the LoRA map's initializers) the plan is built with REFIT_INDIVIDUAL
 and only those weights marked refittable, which keeps the rest of the plan as fast as a frozen one
