@@ -3,7 +3,7 @@
 Base rows run on the fully optimised session; rows with adapters run on a refittable session whose
 weights are rewritten in place (dgate.core.lora.serving.ComponentAdapters). That refit writes numpy
 buffers ONNX Runtime reads on the host, so a GPU instance refuses LoRA: ONNX Runtime has no
-supported in-place weight update for CUDA memory (use `--engine torch` there).
+supported in-place weight update for CUDA memory (use `--engine torch` or `tensorrt` there).
 
 On a GPU instance a run goes through IO binding (`run_bound`): inputs are bound from the torch
 tensors' device memory and outputs are left in ORT-allocated CUDA memory, handed to torch through
@@ -44,9 +44,6 @@ _INPUT_TYPES: dict[str, tuple[str, Any]] = {
     "tensor(uint8)": ("uint8", np.uint8),
     "tensor(bool)": ("bool", np.bool_),
 }
-# ONNX TensorProto element type -> array-interface typestr, for outputs without DLPack (see below).
-_TYPESTR = {1: "<f4", 10: "<f2", 11: "<f8", 7: "<i8", 6: "<i4", 3: "|i1", 2: "|u1", 9: "|b1"}
-
 
 def as_numpy(value: Any) -> np.ndarray:
     """A host array from a numpy array or a (CPU or CUDA) torch tensor."""
@@ -65,38 +62,14 @@ def _bound_tensor(value: Any, device: torch.device, dtype: torch.dtype) -> torch
     return tensor.to(device=device, dtype=dtype).contiguous()
 
 
-class _ArrayInterface:
-    """An OrtValue's memory as __cuda_array_interface__ / __array_interface__, for onnxruntime builds
-    without DLPack (before 1.21). The consumer (torch, numpy) keeps this object, hence the OrtValue
-    and its buffer, alive for as long as the tensor it makes."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-        shape = tuple(value.shape())
-        element = value.element_type()
-        if element not in _TYPESTR:
-            raise TypeError(f"no array interface for ONNX element type {element}; use onnxruntime >= 1.21 (DLPack)")
-        interface = {"shape": shape, "typestr": _TYPESTR[element], "data": (value.data_ptr(), False),
-                     "strides": None, "version": 2}
-        # CUDA memory goes through the CUDA interface (torch reads it without a copy); the run was
-        # synchronised before we get here, so no stream is named.
-        name = "__cuda_array_interface__" if value.device_name().lower() == "cuda" else "__array_interface__"
-        setattr(self, name, interface)
-
-
-def _to_torch(value: Any, device: torch.device) -> torch.Tensor:
+def _to_torch(value: Any) -> torch.Tensor:
     """An output OrtValue as a torch tensor over the same memory (no copy)."""
     import torch
 
     if hasattr(value, "__dlpack__"):  # onnxruntime's OrtValue wrapper exposes DLPack in recent releases
         return torch.from_dlpack(value)
-    native = getattr(value, "_ortvalue", value)
-    if hasattr(native, "to_dlpack"):  # onnxruntime 1.21+: DLPack on the native OrtValue in every build
-        return torch.utils.dlpack.from_dlpack(native.to_dlpack())
-    interface = _ArrayInterface(value)
-    if device.type == "cuda":
-        return torch.as_tensor(interface, device=device)
-    return torch.from_numpy(np.asarray(interface))
+    # onnxruntime 1.21+ (the gpu extra's floor): DLPack on the native OrtValue in every build.
+    return torch.utils.dlpack.from_dlpack(value._ortvalue.to_dlpack())
 
 
 def run_bound(session: Any, output_names: list[str], inputs: dict[str, Any],
@@ -133,7 +106,7 @@ def run_bound(session: Any, output_names: list[str], inputs: dict[str, Any],
     # run_with_iobinding already waits for the EP's stream (the run option
     # disable_synchronize_execution_providers defaults to "0"); this keeps outputs safe if that changes.
     binding.synchronize_outputs()
-    return [_to_torch(value, device) for value in binding.get_outputs()]
+    return [_to_torch(value) for value in binding.get_outputs()]
 
 
 @dataclass
@@ -148,8 +121,8 @@ class OnnxRuntimeEngine:
              threads: int = 0, lora: bool = False) -> OnnxRuntimeEngine:
         path = model_dir / MODEL_FILE
         if lora and placement.on_gpu:
-            raise ValueError(f"{component}: LoRA on a GPU instance needs --engine torch; ONNX Runtime's CUDA "
-                             "sessions cannot take weights updated in place")
+            raise ValueError(f"{component}: LoRA on a GPU instance needs --engine torch or tensorrt; ONNX "
+                             "Runtime's CUDA sessions cannot take weights updated in place")
         session = create_session(path, threads, device_id=placement.device_id if placement.on_gpu else None)
         adapters = None
         if lora:
