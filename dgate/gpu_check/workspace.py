@@ -110,35 +110,37 @@ class Workspace:
             self._folders[key] = folder
         return self._folders[key]
 
-    def _export_onnx(self, model: TinyModel, component: str, folder: Path) -> None:
+    def _export_onnx(self, model: TinyModel, component: str, folder: Path) -> dict[str, Path]:
         from dgate.core.component_modules import component_module
         from dgate.export.onnx_export import export_onnx
         from dgate.export.pipeline_export import trace_inputs
 
         with redirect_stdout(sys.stderr):  # the exporter's progress lines: stdout holds the table
-            export_onnx(component_module(model.pipe, model.spec, component), model.spec, component,
-                        trace_inputs(model.spec, component), folder)
+            return export_onnx(component_module(model.pipe, model.spec, component), model.spec, component,
+                               trace_inputs(model.spec, component), folder)
 
     def _build_plan(self, model: TinyModel, component: str, folder: Path) -> None:
-        """A plan as `dgate export --engine tensorrt --device gpu` builds it: from the FP32 ONNX, the
-        denoiser refittable for its LoRA map (with the map and the base weights beside it)."""
-        from dgate.core.engines.tensorrt_engine import PLAN_FILE, REFIT_WEIGHTS_FILE
-        from dgate.core.lora.weight_map import LORA_MAP_FILE, LoraMap
-        from dgate.export.onnx_export import MODEL_FILE
-        from dgate.export.tensorrt_build import build_engine, profile_shapes, save_refit_weights
-        from dgate.export.triton_config import ServingOptions, component_config
+        """The model folder `dgate export --engine tensorrt --device gpu` writes (`served_files`): the
+        plan from the FP32 ONNX, the denoiser refittable for its LoRA map, with the map and base weights."""
+        import shutil
 
-        onnx_folder = folder / "onnx"
-        self._export_onnx(model, component, onnx_folder)
-        refittable: set[str] = set()
-        if component == model.spec.denoiser_component:
-            self._write_lora_map(model, component, onnx_folder)
-            (folder / LORA_MAP_FILE).write_text((onnx_folder / LORA_MAP_FILE).read_text())
-            refittable = LoraMap.load(folder / LORA_MAP_FILE).initializers
-            save_refit_weights(onnx_folder / MODEL_FILE, refittable, folder / REFIT_WEIGHTS_FILE)
-        batch = component_config(model.spec, component, ServingOptions(engine="tensorrt", device="gpu")).max_batch_size
-        build_engine(onnx_folder / MODEL_FILE, folder / PLAN_FILE, profile_shapes(model.spec, component, batch),
-                     precision=model.spec.precision(component), refittable=refittable)
+        from dgate.core.lora.weight_map import build_lora_map
+        from dgate.core.onnx_session import load_all_initializers
+        from dgate.export.onnx_export import MODEL_FILE
+        from dgate.export.pipeline_export import served_files
+        from dgate.export.triton_config import ServingOptions
+
+        scratch = folder.with_name(f"{folder.name}.scratch")
+        files = self._export_onnx(model, component, scratch / "onnx")
+        lora_map = (build_lora_map(getattr(model.pipe, component), load_all_initializers(files[MODEL_FILE]))
+                    if component == model.spec.denoiser_component else None)
+        options = ServingOptions(engine="tensorrt", device="gpu")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, source in served_files(model.spec, component, options, files, lora_map, scratch).items():
+            if isinstance(source, Path):
+                shutil.move(source, folder / name)
+            else:
+                (folder / name).write_text(source)
 
     def _write_lora_map(self, model: TinyModel, component: str, folder: Path) -> None:
         """ONNX Runtime refits by initializer name: the map the export writes beside a LoRA model."""
